@@ -1,0 +1,340 @@
+"""Typed, validated run configuration: the one place where every setting lives.
+
+`RunConfig` is a pydantic model. Its JSON schema (ranges in ``ge``/``le``, help
+text in ``description``) is what the studio turns into parameter forms, so a new
+setting needs a field here (or in a method's ``Params``) and no new widget.
+
+Method-specific settings live in each method's own ``Params`` model (one file per
+method) and are validated here through the registry; ``RunConfig.params`` holds
+the resolved dict.
+
+Loading: YAML with ``yaml.safe_load``; overrides ``key.sub=value`` (values are
+parsed as YAML scalars). Saving writes a temporary file and renames it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base for all config sections: unknown keys are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data
+class DataConfig(Strict):
+    source: str = Field(
+        "shapes",
+        description="'shapes' (embedded procedural dataset), a folder of images "
+        "(class sub-folders or flat), or a .tar.gz of such a folder.",
+    )
+    image_size: int | None = Field(
+        None, ge=8, le=1024,
+        description="Side of the cached square images in pixels; empty keeps the native size "
+        "(images of mixed sizes are resized on the short side and centre-cropped).",
+    )
+    shapes_train: int = Field(2000, ge=10, le=1_000_000, description="shapes: training images.")
+    shapes_test: int = Field(500, ge=10, le=1_000_000, description="shapes: evaluation images.")
+    shapes_size: int = Field(64, ge=16, le=512, description="shapes: image side in pixels.")
+    seed: int = Field(0, ge=0, description="Seed of the shapes generator and of the split of unsplit folders.")
+    test_fraction: float = Field(
+        0.1, ge=0.0, le=0.5,
+        description="Fraction held out for evaluation when the source has no train/test split.",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Folder for the decoded uint8 cache (.npy memmap keyed by the source); "
+        "empty keeps the cache in memory only.",
+    )
+    workers: int = Field(0, ge=0, le=256, description="Decoding processes (0: one per CPU core).")
+    on_device: bool = Field(
+        True, description="Keep the uint8 cache on the training device (GPU) when it fits."
+    )
+
+
+# ------------------------------------------------------------------ augmentation
+class CropConfig(Strict):
+    count: int = Field(2, ge=0, le=16, description="Number of crops of this kind per image.")
+    size: int | None = Field(
+        None, ge=8, le=1024, description="Output side in pixels; empty: the dataset's image size."
+    )
+    scale: tuple[float, float] = Field(
+        (0.08, 1.0), description="Random-resized-crop area range, as fractions of the image."
+    )
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_ok(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not (0.0 < lo <= hi <= 1.0):
+            raise ValueError("scale must satisfy 0 < min <= max <= 1")
+        return v
+
+
+PerView = float | list[float]
+
+
+class AugConfig(Strict):
+    global_crops: CropConfig = Field(default_factory=CropConfig, description="Global views (teacher and student).")
+    local_crops: CropConfig = Field(
+        default_factory=lambda: CropConfig(count=0, size=32, scale=(0.05, 0.4)),
+        description="Small local views (multi-crop); count 0 disables them.",
+    )
+    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="Crop aspect-ratio range.")
+    hflip_p: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip.")
+    jitter_p: float = Field(0.8, ge=0, le=1, description="Probability of colour jitter.")
+    brightness: float = Field(0.4, ge=0, le=2, description="Colour jitter: brightness strength.")
+    contrast: float = Field(0.4, ge=0, le=2, description="Colour jitter: contrast strength.")
+    saturation: float = Field(0.4, ge=0, le=2, description="Colour jitter: saturation strength.")
+    hue: float = Field(0.1, ge=0, le=0.5, description="Colour jitter: hue shift (fraction of a turn).")
+    gray_p: float = Field(0.2, ge=0, le=1, description="Probability of converting to grayscale.")
+    blur_p: PerView = Field(
+        0.0, description="Gaussian blur probability; a list gives one value per global view "
+        "(BYOL: [1.0, 0.1]). SimCLR leaves blur out on 32-96 px images."
+    )
+    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Blur sigma range (pixels at 224 px, scaled).")
+    solarize_p: PerView = Field(0.0, description="Solarization probability; a list gives one value per global view.")
+    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="Normalisation mean.")
+    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="Normalisation std.")
+
+    @field_validator("blur_p", "solarize_p")
+    @classmethod
+    def _prob(cls, v: PerView) -> PerView:
+        vals = v if isinstance(v, list) else [v]
+        if any(not (0.0 <= p <= 1.0) for p in vals):
+            raise ValueError("probabilities must be within [0, 1]")
+        return v
+
+
+# -------------------------------------------------------------------- backbone
+class ModelConfig(Strict):
+    arch: str = Field(
+        "resnet18",
+        description="Backbone: resnet18, resnet50 (torchvision) or a timm ViT "
+        "(vit_tiny, vit_small, vit_base, vit_large or a full timm name).",
+    )
+    cifar_stem: bool | None = Field(
+        None, description="ResNet: 3x3 stride-1 first conv and no max-pool; empty: on for images <= 64 px."
+    )
+    patch_size: int = Field(16, ge=2, le=32, description="ViT patch size in pixels.")
+    drop_path: float = Field(0.0, ge=0, le=0.9, description="ViT stochastic depth rate.")
+
+
+# ------------------------------------------------------------------ optimiser
+class OptimConfig(Strict):
+    optimizer: Literal["sgd", "adamw", "lars"] = Field("lars", description="Optimiser (fused on CUDA).")
+    lr: float = Field(
+        0.3, gt=0, le=100,
+        description="Base learning rate; the peak LR is lr x batch_size / 256 when scale_lr is on.",
+    )
+    scale_lr: bool = Field(True, description="Scale the LR linearly with batch size / 256.")
+    min_lr: float = Field(0.0, ge=0, description="LR at the end of the cosine schedule (absolute).")
+    warmup_epochs: float = Field(10.0, ge=0, description="Linear warmup length in epochs.")
+    weight_decay: float = Field(1e-6, ge=0, le=1, description="Weight decay at the start.")
+    weight_decay_end: float | None = Field(
+        None, ge=0, le=1, description="Weight decay at the end (cosine); empty keeps it constant."
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD / LARS momentum.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    lars_eta: float = Field(0.02, gt=0, le=1, description="LARS trust coefficient.")
+    clip_grad: float = Field(0.0, ge=0, description="Clip the global gradient norm (0: off).")
+    exclude_bias_norm: bool = Field(
+        True, description="No weight decay (and no LARS adaptation) for biases and norm layers."
+    )
+
+
+# -------------------------------------------------------------------- training
+class TrainConfig(Strict):
+    epochs: float | None = Field(100, gt=0, description="Training length in epochs (ignored when steps is set).")
+    steps: int | None = Field(None, ge=1, description="Training length in optimiser steps.")
+    time_limit_s: float | None = Field(
+        None, gt=0, description="Stop (cleanly, with a checkpoint) after this many seconds."
+    )
+    batch_size: int = Field(256, ge=2, le=65536, description="Images per step (before multi-view).")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on the CPU."
+    )
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA.")
+    compile: bool = Field(False, description="torch.compile the model (CUDA only).")
+    seed: int = Field(0, ge=0, description="Seed of weights, data order and augmentation.")
+    log_every: int = Field(10, ge=1, description="Read metrics back to the host every N steps.")
+    eval_every: int = Field(
+        0, ge=0, description="kNN / collapse evaluation every N steps (0: at each epoch end)."
+    )
+    ckpt_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: at each epoch end).")
+    probe_every_s: float = Field(10.0, gt=0, description="Visual probes at most every N seconds.")
+
+
+class EvalConfig(Strict):
+    knn_k: int = Field(200, ge=1, description="kNN neighbours (capped by the memory bank size).")
+    knn_t: float = Field(0.1, gt=0, description="kNN temperature for the weighted vote.")
+    max_bank: int = Field(10000, ge=10, description="Training images in the kNN memory bank (subsampled).")
+    max_queries: int = Field(2000, ge=10, description="Test images used as kNN queries (subsampled).")
+
+
+# ----------------------------------------------------------------------- run
+class RunConfig(Strict):
+    method: str = Field("simclr", description="Method name (ssl-train --list-methods).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Method-specific settings.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    aug: AugConfig = Field(default_factory=AugConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _resolve_params(self) -> "RunConfig":
+        from .methods import get_method  # late: methods import config
+
+        cls = get_method(self.method)  # raises ConfigError for unknown names
+        try:
+            resolved = cls.Params(**self.params).model_dump(mode="json")
+        except ValidationError as e:
+            raise ValueError(_first_error(e, prefix="params")) from None
+        # bypass validate_assignment recursion
+        object.__setattr__(self, "params", resolved)
+        return self
+
+    # ------------------------------------------------------------ helpers
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(Path(path), self.to_yaml())
+
+
+# ===================================================================== helpers
+def _first_error(e: ValidationError, prefix: str = "") -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+    if prefix:
+        loc = f"{prefix}.{loc}" if loc else prefix
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key '{loc}'"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return f"invalid value for '{loc}': {msg} (got {err.get('input')!r})"
+
+
+def validate_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate a raw dict; raise ConfigError with one clear line on failure."""
+    try:
+        return RunConfig(**raw)
+    except ValidationError as e:
+        raise ConfigError(_first_error(e)) from None
+    except ConfigError:
+        raise
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=0.1' -> (['optim', 'lr'], 0.1); values are YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. optim.lr=0.1)")
+    key, val = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(val) if val.strip() else None
+    except yaml.YAMLError:
+        value = val
+    return key.split("."), value
+
+
+def set_in(d: dict[str, Any], path: list[str], value: Any) -> None:
+    cur = d
+    for p in path[:-1]:
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = {}
+            cur[p] = nxt
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"config key '{'.'.join(path)}': '{p}' is not a section")
+        cur = nxt
+    cur[path[-1]] = value
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of settings")
+    return data
+
+
+def build_config(
+    base: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    **direct: Any,
+) -> RunConfig:
+    """base dict (from YAML or preset) <- direct dotted settings <- --set overrides."""
+    raw: dict[str, Any] = dict(base or {})
+    raw = yaml.safe_load(yaml.safe_dump(raw))  or {}  # deep copy of plain data
+    # the method's own params: when switching method, params of another method are dropped
+    for key, value in direct.items():
+        if value is not None:
+            set_in(raw, key.split("."), value)
+    for ov in overrides or []:
+        path, value = parse_override(ov)
+        set_in(raw, path, value)
+    return validate_config(raw)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def total_steps(cfg: RunConfig, n_train: int) -> tuple[int, int]:
+    """(total optimiser steps, steps per epoch) for a dataset of n_train images."""
+    spe = max(1, n_train // cfg.train.batch_size)
+    if cfg.train.steps is not None:
+        return cfg.train.steps, spe
+    return max(1, math.ceil((cfg.train.epochs or 1) * spe)), spe
+
+
+def live_keys(cfg: RunConfig) -> list[str]:
+    """Settings that may change during a run (the trainer applies them at the next step)."""
+    from .methods import get_method
+
+    return ["optim.lr", "optim.weight_decay", "optim.clip_grad"] + [
+        f"params.{k}" for k in get_method(cfg.method).live_params
+    ]

@@ -1,0 +1,24 @@
+"""Errors that carry a message meant for the user (CLI prints it and exits 2)."""
+
+
+class UserError(Exception):
+    """Bad input from the user: config, data, paths, checkpoints.
+
+    The message is one line that says what is wrong and what to do.
+    """
+
+
+class ConfigError(UserError):
+    """An unknown key, a wrong type or an out-of-range value in the config."""
+
+
+class DataError(UserError):
+    """The dataset cannot be read or is unusable for training."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, truncated or does not match the config."""
+
+
+class TrainingError(Exception):
+    """A step failed (NaN loss, out of memory); the message says what to change."""
