@@ -1,0 +1,33 @@
+# SSL Studio: `make run` opens the main job, `make test` runs the test suite.
+# Both create .venv on first use and install the project into it (editable).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export QT_QPA_PLATFORM ?= $(if $(DISPLAY)$(WAYLAND_DISPLAY),,offscreen)
+
+.PHONY: run test bench bench-gpu clean-venv screenshots
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(VENV)/bin/ssl-train --preset quick_cpu --data shapes --out runs/quick --overwrite --device cpu
+
+test: $(VENV)/.installed-test
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider
+
+# Benchmarks (JSON in bench/results/, device named). Installs the bench extra (lightly 1.6.0, the anchor).
+bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[bench]' || echo "lightly not installable: the anchor runs are skipped"
+	$(PY) bench/run.py --out bench/results
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,58 @@
+"""ssl-eval: evaluate a run's backbone.
+
+    ssl-eval knn --run RUNDIR [--data PATH] [--device auto|cpu|cuda]
+
+prints one JSON line: {"knn_top1": ..., "step": ..., "n_bank": ..., "n_queries": ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import run_cli
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ssl-eval", description="Evaluate a trained run.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("knn", help="weighted kNN top-1 on backbone features")
+    k.add_argument("--run", required=True, help="run folder")
+    k.add_argument("--data", help="dataset to evaluate on (default: the run's)")
+    k.add_argument("--device", default="auto")
+    k.add_argument("--k", type=int, help="neighbours (default: the run's eval.knn_k)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+def _main(argv):
+    args = parser().parse_args(argv)
+    from ..data import load_dataset
+    from ..errors import UserError
+    from ..evaluation import knn_evaluate
+    from ..export import load_run_method
+    from ..trainer import resolve_device
+
+    device = resolve_device(args.device)
+    cfg, method, state = load_run_method(args.run, device)
+    if args.data:
+        cfg.data.source = args.data
+    if args.k:
+        cfg.eval.knn_k = args.k
+    data = load_dataset(cfg.data)
+    knn, _, _ = knn_evaluate(method, data, cfg, device)
+    if knn is None:
+        raise UserError("the data has no labels (or no test split): kNN accuracy needs both")
+    n_bank = min(len(data.train), cfg.eval.max_bank)
+    n_q = min(len(data.test), cfg.eval.max_queries)
+    print(json.dumps({"knn_top1": knn, "step": int(state["step"]), "n_bank": n_bank, "n_queries": n_q,
+                      "k": min(cfg.eval.knn_k, n_bank), "data": cfg.data.source}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""ssl-export: write a run's backbone weights for downstream use.
+
+    ssl-export --run RUNDIR --format torchvision|timm|safetensors --out FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+def _main(argv):
+    from ..export import FORMATS, export_backbone
+
+    p = argparse.ArgumentParser(prog="ssl-export", description="Export a run's backbone weights.")
+    p.add_argument("--run", required=True)
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    meta = export_backbone(args.run, args.format, args.out)
+    kw = ", ".join(f"{k}={v!r}" for k, v in meta["kwargs"].items())
+    print(f"wrote {args.out} ({meta['arch']}, step {meta['step']}); "
+          f"timm: timm.create_model({meta['model_name']!r}, {kw})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Backbones: torchvision ResNets and timm Vision Transformers behind one small contract.
+
+Every backbone built by :func:`build_backbone` is an ``nn.Module`` with
+
+* ``out_dim`` (int): width of the pooled feature;
+* ``arch`` (str): the architecture name it was built from;
+* ``forward(x)``: ``x [B, 3, H, W]`` (normalised images) -> ``[B, out_dim]`` pooled features.
+
+ViT backbones add ``forward_tokens``, ``patch_size``, ``grid`` and ``last_attention``
+(see :class:`ViTBackbone`).
+
+Parameter names are exactly those of the upstream libraries, so that a backbone's
+``state_dict()`` loads with ``strict=True`` into a plain model of the same shape:
+
+* ResNet: ``torchvision.models.resnet18(); m.fc = nn.Identity()`` (with ``conv1`` and
+  ``maxpool`` replaced the same way when the CIFAR stem is on) and
+  ``timm.create_model('resnet18', num_classes=0)`` (standard stem);
+* ViT: ``timm.create_model(<timm name>, img_size=..., patch_size=..., num_classes=0)``.
+
+This is achieved by *being* the upstream model rather than wrapping it: ResNets are a
+subclass of torchvision's ``ResNet``; ViTs are built by timm and then given the extra
+methods of :class:`ViTBackboneMixin` (the instance's class is swapped for a subclass of
+its own class, which adds methods only, no parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+
+# ===================================================================== ResNet
+# name -> (block, layers per stage), as in torchvision.models.resnet
+_RESNETS: dict[str, tuple[type[nn.Module], list[int]]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+    "resnet101": (Bottleneck, [3, 4, 23, 3]),
+    "resnet152": (Bottleneck, [3, 8, 36, 3]),
+}
+
+
+class ResNetBackbone(ResNet):
+    """torchvision ResNet (He et al. 2016) without its classifier: ``fc = nn.Identity()``.
+
+    Randomly initialised (torchvision's init, ``weights=None``; nothing is downloaded).
+
+    CIFAR stem (``cifar_stem=True``): ``conv1`` is a 3x3 stride-1 convolution without
+    bias and ``maxpool`` is removed, as in SimCLR's CIFAR-10 experiments (Chen et al.
+    2020, Appendix B.9), so that 32 px images are not downsampled 4x before ``layer1``.
+
+    forward: ``x [B, 3, H, W]`` -> ``[B, 512]`` (resnet18/34) or ``[B, 2048]`` (resnet50+),
+    the global-average-pooled output of ``layer4``. Works with channels_last inputs and
+    under bf16 autocast (plain convolutions and batch norm).
+    """
+
+    def __init__(self, arch: str = "resnet18", cifar_stem: bool = False) -> None:
+        if arch not in _RESNETS:
+            raise ConfigError(f"unknown ResNet '{arch}'; choose one of: {', '.join(_RESNETS)}")
+        block, layers = _RESNETS[arch]
+        super().__init__(block, layers)  # torchvision init (kaiming fan_out for convs)
+        self.arch = arch
+        self.cifar_stem = bool(cifar_stem)
+        self.out_dim = 512 * block.expansion
+        self.fc = nn.Identity()
+        if self.cifar_stem:
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.maxpool = nn.Identity()
+
+    # forward is torchvision's: conv1 -> bn1 -> relu -> maxpool -> layer1..4 -> avgpool
+    # -> flatten -> fc (Identity); x: [B, 3, H, W] -> [B, out_dim]
+
+
+# ======================================================================== ViT
+# short names -> timm configs (their patch size / image size are overridden by the config)
+_VIT_ALIASES: dict[str, str] = {
+    "vit_tiny": "vit_tiny_patch16_224",    # D=192,  depth 12, 3 heads
+    "vit_small": "vit_small_patch16_224",  # D=384,  depth 12, 6 heads
+    "vit_base": "vit_base_patch16_224",    # D=768,  depth 12, 12 heads
+    "vit_large": "vit_large_patch16_224",  # D=1024, depth 24, 16 heads
+}
+
+
+class ViTBackboneMixin:
+    """Methods added to a timm Vision Transformer (Dosovitskiy et al. 2021) built by timm.
+
+    Only methods and plain attributes are added (no parameters or buffers), so the
+    ``state_dict`` keys are timm's own. Attributes: ``arch``, ``timm_name``, ``out_dim``
+    (= embed dim D), ``patch_size`` (int, square patches).
+
+    * ``forward(x)`` (timm's, with ``num_classes=0``): ``[B, 3, H, W]`` -> ``[B, D]``, the
+      CLS token after the final norm (models built without a class token pool as timm
+      configures them, e.g. average).
+    * ``forward_tokens(x)``: ``[B, 3, H, W]`` -> ``[B, P + L, D]``: every token after the
+      final norm; ``P = num_prefix_tokens`` (1 for the CLS token, plus register tokens if
+      the model has any) and ``L = gh * gw`` patch tokens in row-major order.
+    * ``grid(h, w)``: patch grid ``(gh, gw)`` for an input of ``h x w`` pixels.
+    * ``last_attention(x)``: CLS-to-patch attention of the last block, ``[B, heads, L]``.
+
+    Inputs of a size other than ``img_size`` are accepted (``dynamic_img_size=True``: the
+    position embeddings are interpolated); sides should be multiples of the patch size
+    (timm floors the grid otherwise).
+    """
+
+    arch: str
+    timm_name: str
+    out_dim: int
+    patch_size: int
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens after the final norm: x [B, 3, H, W] -> [B, P + L, D]."""
+        return self.forward_features(x)  # type: ignore[attr-defined]
+
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        """Patch grid (gh, gw) of an h x w input."""
+        pe = self.patch_embed  # type: ignore[attr-defined]
+        if hasattr(pe, "dynamic_feat_size"):
+            gh, gw = pe.dynamic_feat_size((h, w))
+            return int(gh), int(gw)
+        return h // self.patch_size, w // self.patch_size
+
+    def last_attention(self, x: torch.Tensor, renormalise: bool = True) -> torch.Tensor:
+        """CLS-to-patch attention of the last block, for visual probes.
+
+        x: [B, 3, H, W] -> [B, heads, L], L = gh * gw patch tokens in row-major order
+        (reshape to [B, heads, gh, gw] with :meth:`grid`).
+
+        The attention is computed explicitly, ``softmax(q k^T * scale)`` in float32, from
+        the input of the last block's attention (captured with a forward pre-hook while
+        the model runs its normal forward). Only this probe path materialises the
+        attention matrix; training keeps timm's fused scaled-dot-product attention.
+
+        Returned values: the softmax row of the CLS query over all ``P + L`` keys, keeping
+        the ``L`` patch columns (the CLS / register columns are dropped) and, when
+        ``renormalise`` (default), dividing by their sum so that each ``[b, h, :]`` row sums
+        to 1 (a distribution over patches, as DINO's attention-mass thresholding
+        assumes). With ``renormalise=False`` the raw softmax values are returned (rows sum
+        to 1 minus the mass on prefix tokens). Wrap the call in ``torch.no_grad()`` when no
+        gradient is needed.
+        """
+        from timm.layers import Attention
+
+        if getattr(self, "cls_token", None) is None:
+            raise ValueError(f"{self.arch}: last_attention needs a model with a CLS token")
+        blk = self.blocks[-1]  # type: ignore[attr-defined]
+        attn = getattr(blk, "attn", None)
+        if not isinstance(attn, Attention):
+            raise NotImplementedError(
+                f"{self.arch}: last_attention supports timm's standard Attention blocks, "
+                f"not {type(attn).__name__}"
+            )
+        captured: list[torch.Tensor] = []
+
+        def _grab(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
+            captured.append(args[0])  # normalised block input, [B, N, D]
+
+        handle = attn.register_forward_pre_hook(_grab)
+        try:
+            self.forward_features(x)  # type: ignore[attr-defined]
+        finally:
+            handle.remove()
+        h = captured[-1]  # h: [B, N, D], N = P + L
+        B, N, _ = h.shape
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            qkv = attn.qkv(h.float() if h.dtype != attn.qkv.weight.dtype else h)
+            qkv = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, _v = qkv.unbind(0)  # q, k: [B, heads, N, head_dim]
+            q, k = attn.q_norm(q), attn.k_norm(k)
+            q0 = q[:, :, :1].float() * attn.scale  # CLS query, [B, heads, 1, hd]
+            a = (q0 @ k.float().transpose(-2, -1)).softmax(dim=-1)[:, :, 0]  # [B, heads, N]
+        a = a[:, :, self.num_prefix_tokens:]  # type: ignore[attr-defined]  # [B, heads, L]
+        if renormalise:
+            a = a / a.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        return a
+
+
+_VIT_CLASSES: dict[type, type] = {}
+
+
+def _vit_backbone_class(base: type) -> type:
+    """The subclass ``ViTBackbone[base]`` = (ViTBackboneMixin, base), cached."""
+    cls = _VIT_CLASSES.get(base)
+    if cls is None:
+        cls = type(f"ViTBackbone_{base.__name__}", (ViTBackboneMixin, base), {"__module__": __name__})
+        _VIT_CLASSES[base] = cls
+    return cls
+
+
+def _build_vit(arch: str, cfg: ModelConfig, image_size: int) -> nn.Module:
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    name = _VIT_ALIASES.get(arch, arch)
+    try:
+        model = timm.create_model(
+            name,
+            pretrained=False,
+            img_size=image_size,
+            patch_size=cfg.patch_size,
+            num_classes=0,
+            drop_path_rate=cfg.drop_path,
+            dynamic_img_size=True,
+        )
+    except RuntimeError as e:  # timm: "Unknown model (...)"
+        raise ConfigError(f"model.arch '{arch}': {e}") from None
+    except TypeError as e:  # the model class does not take one of the arguments
+        raise ConfigError(f"model.arch '{arch}' cannot be built with these settings: {e}") from None
+    base = type(model)
+    model.__class__ = ViTBackbone if base is VisionTransformer else _vit_backbone_class(base)
+    model.arch = arch
+    model.timm_name = name
+    model.out_dim = int(model.num_features)
+    ps = model.patch_embed.patch_size
+    model.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+    return model
+
+
+try:  # the common case gets a named, importable (picklable) class
+    from timm.models.vision_transformer import VisionTransformer as _TimmViT
+
+    class ViTBackbone(ViTBackboneMixin, _TimmViT):
+        """A timm ``VisionTransformer`` with the backbone methods of :class:`ViTBackboneMixin`."""
+
+    _VIT_CLASSES[_TimmViT] = ViTBackbone
+except ImportError:  # pragma: no cover - timm is a dependency
+    ViTBackbone = None  # type: ignore[assignment,misc]
+
+
+# ==================================================================== factory
+def resolve_cifar_stem(cfg: ModelConfig, image_size: int) -> bool:
+    """The config's ``cifar_stem``; None means on for images of at most 64 px."""
+    return cfg.cifar_stem if cfg.cifar_stem is not None else image_size <= 64
+
+
+def build_backbone(cfg: ModelConfig, image_size: int) -> nn.Module:
+    """Build the backbone named by ``cfg.arch`` for square images of ``image_size`` px.
+
+    * ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``resnet152``: torchvision
+      (:class:`ResNetBackbone`), CIFAR stem per :func:`resolve_cifar_stem`.
+    * ``vit_tiny``, ``vit_small``, ``vit_base``, ``vit_large``: timm's
+      ``vit_{size}_patch16_224`` configs; any other name starting with ``vit`` is a timm
+      model name. Both are built with ``img_size=image_size, patch_size=cfg.patch_size,
+      num_classes=0, drop_path_rate=cfg.drop_path, pretrained=False,
+      dynamic_img_size=True``.
+
+    Raises ConfigError for unknown names.
+    """
+    arch = cfg.arch.strip()
+    if arch.lower() in _RESNETS:
+        return ResNetBackbone(arch.lower(), cifar_stem=resolve_cifar_stem(cfg, image_size))
+    if arch.lower().startswith("vit"):
+        if image_size % cfg.patch_size:
+            raise ConfigError(
+                f"image size {image_size} is not a multiple of model.patch_size {cfg.patch_size}"
+            )
+        return _build_vit(arch, cfg, image_size)
+    raise ConfigError(
+        f"unknown backbone '{cfg.arch}'; choose one of: {', '.join(_RESNETS)}, "
+        f"{', '.join(_VIT_ALIASES)} or a timm ViT name (vit_...)"
+    )
+
+
+def param_count(module: nn.Module) -> int:
+    """Number of parameters (for the studio's model summary)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = [
+    "ResNetBackbone",
+    "ViTBackbone",
+    "ViTBackboneMixin",
+    "build_backbone",
+    "param_count",
+    "resolve_cifar_stem",
+]
+
+# keep linters quiet about helpers imported for type hints only
+_ = (math, F)

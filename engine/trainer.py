@@ -1,0 +1,493 @@
+"""The trainer: one loop for every method, driven by control calls, observed through events.
+
+One training step (see docs/ARCHITECTURE.md):
+
+    uint8 batch on device  --BatchStream.batch(epoch, i)-->  [B, 3, H, W] uint8
+    GPUAugment(x, gen)     -->  views: list of [B, 3, s, s] float (global crops, then local)
+    method.training_step   -->  StepOutput(loss, scalars)       (bf16 autocast on CUDA)
+    backward, clip, optimiser step, method.after_optimizer_step  (EMA, queues)
+    every log_every steps: one host sync -> StepMetrics event (loss, lr, images/s, scalars)
+
+Control (thread-safe, cooperative, applied between steps): ``pause()``,
+``resume()``, ``stop()``, ``set_param(key, value)``. ``run()`` blocks the calling
+thread (the studio calls it from a worker thread) and emits events to listeners.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from . import events as ev
+from .augment import GPUAugment
+from .checkpoint import config_differences, load_checkpoint, save_checkpoint
+from .config import OptimConfig, RunConfig, live_keys, total_steps, validate_config
+from .data import DataSplits, load_dataset
+from .data.stream import BatchStream
+from .errors import CheckpointError, ConfigError, DataError, TrainingError, UserError
+from .methods import create_method
+from .methods.base import Batch, Method
+from .evaluation import knn_evaluate
+from .monitors import collapse_indicators
+from .optim import build_optimizer, cosine_schedule, peak_lr, set_lr_wd, warmup_steps
+from .rundir import RunDir, prepare_run_dir
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device '{name}' does not exist ({torch.cuda.device_count()} CUDA devices)")
+        return dev
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        listeners: tuple[Callable[[ev.Event], None], ...] = (),
+        data: DataSplits | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_path = Path(run_dir)
+        self.resume_requested = resume
+        self.overwrite = overwrite
+        self.bus = ev.EventBus()
+        for fn in listeners:
+            self.bus.subscribe(fn)
+        self._data = data
+        self._pause = threading.Event()
+        self._stop = threading.Event()
+        self._changes: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._live_keys = set(live_keys(cfg))
+        self.step = 0
+        self.live: dict[str, Any] = {}
+        self.best_knn: float | None = None
+        self.last_knn: float | None = None
+        self.status = "created"
+
+    # ----------------------------------------------------------- control API
+    def subscribe(self, fn: Callable[[ev.Event], None]) -> Callable[[], None]:
+        return self.bus.subscribe(fn)
+
+    def pause(self) -> None:
+        self._pause.set()
+
+    def resume(self) -> None:
+        self._pause.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pause.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.is_set()
+
+    def set_param(self, key: str, value: Any) -> None:
+        """Queue a live change; validated now (ConfigError), applied before the next step."""
+        if key not in self._live_keys:
+            raise ConfigError(
+                f"'{key}' cannot change during a run; live settings: {', '.join(sorted(self._live_keys))}"
+            )
+        section, name = key.split(".", 1)
+        try:
+            if section == "optim":
+                OptimConfig(**{**self.cfg.optim.model_dump(), name: value})
+            else:
+                from .methods import get_method
+
+                get_method(self.cfg.method).Params(**{**self.cfg.params, **self.live_params(), name: value})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ConfigError(f"invalid value for '{key}': {err['msg']} (got {value!r})") from None
+        self._changes.put((key, value))
+
+    def live_params(self) -> dict[str, Any]:
+        return {k.split(".", 1)[1]: v for k, v in self.live.items() if k.startswith("params.")}
+
+    # --------------------------------------------------------------- running
+    def run(self) -> ev.Finished:
+        """Train until done, stopped or failed. Emits Finished last; re-raises errors after emitting them."""
+        t0 = time.time()
+        self.status = "running"
+        try:
+            self._prepare()
+            self._loop(t0)
+            status = "stopped" if self._stop.is_set() and self.step < self.total else "completed"
+            self._final_eval_and_save()
+            return self._finish(status, t0)
+        except UserError as e:
+            self._fail(str(e), "input", t0)
+            raise
+        except torch.OutOfMemoryError:
+            msg = (
+                f"out of GPU memory at step {self.step} with batch size {self.cfg.train.batch_size}: "
+                f"lower train.batch_size (e.g. --batch-size {max(2, self.cfg.train.batch_size // 2)}), "
+                "the crop sizes or the model size; the last good checkpoint is kept"
+            )
+            self._fail(msg, "out_of_memory", t0)
+            raise TrainingError(msg) from None
+        except TrainingError as e:
+            self._fail(str(e), "training", t0)
+            raise
+        except Exception as e:  # noqa: BLE001 - report every failure through the stream
+            self._fail(f"{type(e).__name__}: {e}", "internal", t0)
+            raise
+
+    # ------------------------------------------------------------ internals
+    def _emit(self, e: ev.Event) -> None:
+        self.bus.emit(e)
+
+    def _fail(self, message: str, kind: str, t0: float) -> None:
+        self._emit(ev.Error(self.step, message=message, error_type=kind))
+        self._finish("failed", t0, error=message)
+
+    def _finish(self, status: str, t0: float, error: str | None = None) -> ev.Finished:
+        self.status = status
+        fin = ev.Finished(self.step, status=status, seconds=time.time() - t0, knn_top1=self.last_knn)
+        self._write_summary(status, error)
+        self._emit(fin)
+        for close in getattr(self, "_closers", []):
+            close()
+        return fin
+
+    def _write_summary(self, status: str, error: str | None = None) -> None:
+        rd = getattr(self, "rd", None)
+        if rd is None or not rd.root.exists():
+            return
+        rd.write_summary({
+            "status": status,
+            "method": self.cfg.method,
+            "dataset": self.cfg.data.source,
+            "step": self.step,
+            "total_steps": getattr(self, "total", None),
+            "best_knn_top1": self.best_knn,
+            "last_knn_top1": self.last_knn,
+            "error": error,
+            "updated": time.time(),
+        })
+
+    def _prepare(self) -> None:
+        cfg = self.cfg
+        self.device = resolve_device(cfg.train.device)
+        state = None
+        if self.resume_requested:
+            self.rd = prepare_run_dir(self.run_path, resume=True, overwrite=False)
+            state = load_checkpoint(self.rd.checkpoint)
+            diffs = [
+                d for d in config_differences(state["config"], cfg.model_dump(mode="json"))
+                if d.split(":")[0] not in self._live_keys
+            ]
+            if diffs:
+                raise CheckpointError(
+                    "cannot resume: the config differs from the checkpoint's in " + "; ".join(diffs[:3])
+                    + ("" if len(diffs) <= 3 else f" and {len(diffs) - 3} more")
+                )
+        else:
+            self.rd = prepare_run_dir(self.run_path, resume=False, overwrite=self.overwrite)
+        # the run folder's own listeners
+        writer = ev.JsonlWriter(str(self.rd.metrics))
+        log = open(self.rd.events, "a", buffering=1)
+        self._closers = [writer.close, log.close]
+        self.bus.subscribe(writer)
+        self.bus.subscribe(lambda e: _log_line(log, e))
+        cfg.save(self.rd.config)
+
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed % 2**32)
+
+        # data
+        data = self._data or load_dataset(cfg.data)
+        self.data = data
+        n_train = len(data.train)
+        if n_train < cfg.train.batch_size:
+            raise DataError(
+                f"the training split has {n_train} images, fewer than the batch size "
+                f"{cfg.train.batch_size}; lower --batch-size"
+            )
+        img = data.image_size
+        gsize = cfg.aug.global_crops.size or img
+        if gsize > img or (cfg.aug.local_crops.count and (cfg.aug.local_crops.size or img) > img):
+            raise DataError(
+                f"images are {img} px but the crops are {gsize} px (global) / "
+                f"{cfg.aug.local_crops.size} px (local); lower aug.*_crops.size or set data.image_size"
+            )
+        if data.info.get("skipped"):
+            self._emit(ev.RunWarning(0, message=f"skipped {data.info['skipped']} unreadable images"))
+        self.total, self.spe = total_steps(cfg, n_train)
+        self.stream = BatchStream(data.train, cfg.train.batch_size, self.device, seed=cfg.train.seed,
+                                  on_device=cfg.data.on_device)
+        self.augment = GPUAugment(cfg.aug, img)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(cfg.train.seed + 1)
+
+        # model
+        self.method: Method = create_method(cfg, gsize).to(self.device)
+        self.method.setup(self.total, self.spe)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda and cfg.train.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        self.autocast_dtype = (
+            torch.bfloat16 if cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.cuda)
+            else None
+        )
+        self.peak_lr = peak_lr(cfg.optim, cfg.train.batch_size)
+        self.opt = build_optimizer(self.method, self.method.param_groups(), cfg.optim, self.peak_lr, self.device)
+        self._plan_schedules()
+
+        if state is not None:
+            self._restore(state)
+        if cfg.train.compile and self.cuda:
+            for child in self.method.children():
+                child.compile()
+        self.fixed_images = (data.test or data.train).images[:8].to(self.device)
+        self._emit(ev.RunStarted(
+            self.step, run_dir=str(self.rd.root), method=cfg.method, device=_device_name(self.device),
+            total_steps=self.total, steps_per_epoch=self.spe, n_train=n_train,
+            n_test=len(data.test) if data.test is not None else 0,
+            config=cfg.model_dump(mode="json"), resumed=state is not None,
+        ))
+        self._write_summary("running")
+
+    def _plan_schedules(self) -> None:
+        o = self.cfg.optim
+        warm = warmup_steps(o, self.spe, self.total)
+        # LR as a shape in [0, 1] times the (live-changeable) peak
+        floor = o.min_lr / self.peak_lr if self.peak_lr > 0 else 0.0
+        self.lr_shape = cosine_schedule(1.0, min(1.0, floor), self.total, warm)
+        wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
+        self.wd_sched = cosine_schedule(o.weight_decay, wd_end, self.total)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.method.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
+        self.step = int(state["step"])
+        self.gen.set_state(state["gen_state"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.cuda and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.best_knn = state.get("best_knn")
+        for k, v in (state.get("live") or {}).items():
+            self._apply_change(k, v, emit=False)
+
+    def _checkpoint(self) -> None:
+        state = {
+            "model": self.method.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "gen_state": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None,
+            "config": self.cfg.model_dump(mode="json"),
+            "live": dict(self.live),
+            "best_knn": self.best_knn,
+            "method": self.cfg.method,
+        }
+        save_checkpoint(self.rd.checkpoint, state)
+        self._emit(ev.CheckpointSaved(self.step, path=str(self.rd.checkpoint)))
+
+    def _apply_change(self, key: str, value: Any, emit: bool = True) -> None:
+        section, name = key.split(".", 1)
+        if section == "optim":
+            old = getattr(self.cfg.optim, name)
+            setattr(self.cfg.optim, name, value)
+            if name == "lr":
+                self.peak_lr = peak_lr(self.cfg.optim, self.cfg.train.batch_size)
+            elif name == "weight_decay":
+                wd_end = value if self.cfg.optim.weight_decay_end is None else self.cfg.optim.weight_decay_end
+                self.wd_sched = cosine_schedule(value, wd_end, self.total)
+        else:
+            old = self.method.set_live(name, value)
+        self.live[key] = value
+        if emit:
+            self._emit(ev.LiveChange(self.step, key=key, old=old, new=value))
+
+    def _wait_if_paused(self) -> None:
+        if not self._pause.is_set():
+            return
+        self._emit(ev.StatusChanged(self.step, status="paused"))
+        self._write_summary("paused")
+        while self._pause.is_set() and not self._stop.is_set():
+            time.sleep(0.02)
+            self._drain_changes()
+        self._emit(ev.StatusChanged(self.step, status="stopping" if self._stop.is_set() else "running"))
+        self._write_summary("running")
+
+    def _drain_changes(self) -> None:
+        while True:
+            try:
+                key, value = self._changes.get_nowait()
+            except queue.Empty:
+                return
+            self._apply_change(key, value)
+
+    def _loop(self, t0: float) -> None:
+        cfg = self.cfg.train
+        method, opt = self.method, self.opt
+        method.train()
+        bs = cfg.batch_size
+        loss_acc = torch.zeros((), device=self.device)
+        scal_acc: dict[str, torch.Tensor] = {}
+        n_acc = 0
+        t_log = time.time()
+        last_probe = 0.0
+        epoch_t = time.time()
+        limit = cfg.time_limit_s
+        while self.step < self.total:
+            self._wait_if_paused()
+            if self._stop.is_set():
+                break
+            self._drain_changes()
+            step = self.step
+            epoch, idx = divmod(step, self.spe)
+            x, ids = self.stream.batch(epoch, idx)
+            views = self.augment(x, generator=self.gen)
+            if self.cuda and cfg.channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            extras = self.stream.extras(ids) if hasattr(self.stream, "extras") else {}
+            batch = Batch(views=views, images=x, n_global=self.augment.n_global, extras=extras)
+            lr = self.peak_lr * float(self.lr_shape[step])
+            wd = float(self.wd_sched[step])
+            set_lr_wd(opt, lr, wd)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                out = method.training_step(batch, step)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if self.cfg.optim.clip_grad > 0:
+                gn = torch.nn.utils.clip_grad_norm_(method.parameters(), self.cfg.optim.clip_grad)
+                out.scalars.setdefault("grad_norm", gn)
+            opt.step()
+            method.after_optimizer_step(step)
+            self.step = step + 1
+            loss_acc += out.loss.detach().float()
+            for k, v in out.scalars.items():
+                v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
+                scal_acc[k] = scal_acc.get(k, 0) + v
+            n_acc += 1
+            if out.pair is not None:
+                self._last_pair = (out.pair[0].detach(), out.pair[1].detach())
+
+            epoch_end = self.step % self.spe == 0
+            last = self.step == self.total
+            timed_out = limit is not None and time.time() - t0 >= limit
+            eval_due = not last and self._due(cfg.eval_every, epoch_end)
+            ckpt_due = not last and self._due(cfg.ckpt_every, epoch_end)
+            # metrics are read back every log_every steps, and before anything is saved
+            if (self.step % cfg.log_every == 0 or last or epoch_end or timed_out or eval_due or ckpt_due
+                    or self._stop.is_set()):
+                loss = (loss_acc / n_acc).item()  # the one host sync every log_every steps
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {loss} near step {self.step}: lower optim.lr "
+                        f"(now {self.cfg.optim.lr}), enable gradient clipping (optim.clip_grad=3.0) "
+                        "or use fp32 (train.precision=fp32); the last good checkpoint is kept"
+                    )
+                now = time.time()
+                self._emit(ev.StepMetrics(
+                    self.step, epoch=epoch, loss=loss, lr=lr, weight_decay=wd,
+                    images_per_s=bs * n_acc / max(1e-9, now - t_log),
+                    scalars={k: (v / n_acc).item() for k, v in scal_acc.items()},
+                ))
+                loss_acc.zero_()
+                scal_acc, n_acc, t_log = {}, 0, time.time()
+            if epoch_end:
+                self._emit(ev.EpochEnd(self.step, epoch=epoch, seconds=time.time() - epoch_t))
+                epoch_t = time.time()
+            if eval_due:
+                self._evaluate()
+            if ckpt_due:
+                self._checkpoint()
+            if time.time() - last_probe >= cfg.probe_every_s:
+                self._probe()
+                last_probe = time.time()
+            if timed_out:
+                self._emit(ev.RunWarning(self.step, message=f"time limit of {limit:g} s reached"))
+                self._stop.set()
+
+    def _due(self, every: int, epoch_end: bool) -> bool:
+        return (every > 0 and self.step % every == 0) or (every == 0 and epoch_end)
+
+    def _final_eval_and_save(self) -> None:
+        self._evaluate()
+        self._checkpoint()
+
+    @torch.no_grad()
+    def _evaluate(self) -> None:
+        knn, emb, labels = knn_evaluate(self.method, self.data, self.cfg, self.device, self.autocast_dtype)
+        if knn is None and not getattr(self, "_warned_nolabels", False):
+            self._warned_nolabels = True
+            self._emit(ev.RunWarning(self.step, message="no labels in the data: kNN accuracy is not computed"))
+        indicators = {}
+        pair = getattr(self, "_last_pair", None)
+        if pair is not None:
+            indicators = collapse_indicators(pair[0].float(), pair[1].float())
+        self.last_knn = knn
+        if knn is not None and (self.best_knn is None or knn > self.best_knn):
+            self.best_knn = knn
+        self._emit(ev.Evaluation(self.step, knn_top1=knn, indicators=indicators, embedding=emb, labels=labels))
+        self._write_summary("running")
+
+    @torch.no_grad()
+    def _probe(self) -> None:
+        method = self.method
+        was = method.training
+        method.eval()
+        try:
+            results = method.probes(self.fixed_images)
+        finally:
+            method.train(was)
+        for name, res in results.items():
+            self._emit(ev.VisualProbe(self.step, probe=name, images=res.get("images", {}), meta=res.get("meta", {})))
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return "cpu"
+
+
+def _log_line(f, e: ev.Event) -> None:
+    if isinstance(e, (ev.StepMetrics, ev.VisualProbe)):
+        return
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
+    d = e.to_json()
+    d.pop("time", None)
+    d.pop("config", None)
+    kind = d.pop("event")
+    step = d.pop("step")
+    body = " ".join(f"{k}={v}" for k, v in d.items())
+    if not f.closed:
+        f.write(f"{stamp} step={step} {kind} {body}\n")
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    from .config import load_yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
+    return validate_config(load_yaml(path))

@@ -1,0 +1,25 @@
+"""Shared test setup: Qt offscreen, small torch thread count, tiny configs."""
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_cfg_dict():
+    """A SimCLR config that trains in seconds on the CPU (32 px shapes, small batch)."""
+    return {
+        "method": "simclr",
+        "data": {"source": "shapes", "shapes_size": 32, "shapes_train": 256, "shapes_test": 128},
+        "model": {"arch": "resnet18", "cifar_stem": False},
+        "aug": {"global_crops": {"count": 2, "size": 32, "scale": [0.3, 1.0]}},
+        "optim": {"optimizer": "adamw", "lr": 1e-3, "scale_lr": False, "warmup_epochs": 0},
+        "train": {"steps": 6, "batch_size": 32, "device": "cpu", "log_every": 1, "eval_every": 0,
+                  "probe_every_s": 1000},
+        "eval": {"max_bank": 256, "max_queries": 128},
+    }
