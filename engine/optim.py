@@ -115,13 +115,14 @@ def build_optimizer(model: nn.Module, groups: list[dict], cfg: OptimConfig, lr: 
     return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
 
 
-def set_lr_wd(opt: torch.optim.Optimizer, lr: float, wd: float) -> None:
+def set_lr_wd(opt: torch.optim.Optimizer, lr: float, wd: float, peak_lr: float | None = None) -> None:
     """Apply this step's LR and weight decay to every group (group scales kept).
 
-    Groups may carry ``fixed_lr=True`` (SimSiam's predictor): their LR stays at the peak.
+    Groups may carry ``fixed_lr=True`` (SimSiam's predictor): their LR stays at ``peak_lr``.
     """
     for g in opt.param_groups:
-        g["lr"] = (g.get("peak_lr", lr) if g.get("fixed_lr") else lr) * g.get("lr_scale", 1.0)
+        base = peak_lr if (g.get("fixed_lr") and peak_lr is not None) else lr
+        g["lr"] = base * g.get("lr_scale", 1.0)
         g["weight_decay"] = wd * g.get("wd_scale", 1.0)
 
 

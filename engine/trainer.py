@@ -371,7 +371,7 @@ class Trainer:
             batch = Batch(views=views, images=x, n_global=self.augment.n_global, extras=extras)
             lr = self.peak_lr * float(self.lr_shape[step])
             wd = float(self.wd_sched[step])
-            set_lr_wd(opt, lr, wd)
+            set_lr_wd(opt, lr, wd, self.peak_lr)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                 enabled=self.autocast_dtype is not None):
                 out = method.training_step(batch, step)

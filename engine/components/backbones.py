@@ -7,7 +7,7 @@ Every backbone built by :func:`build_backbone` is an ``nn.Module`` with
 * ``forward(x)``: ``x [B, 3, H, W]`` (normalised images) -> ``[B, out_dim]`` pooled features.
 
 ViT backbones add ``forward_tokens``, ``patch_size``, ``grid`` and ``last_attention``
-(see :class:`ViTBackbone`).
+(see :class:`ViTBackboneMixin`).
 
 Parameter names are exactly those of the upstream libraries, so that a backbone's
 ``state_dict()`` loads with ``strict=True`` into a plain model of the same shape:
@@ -25,11 +25,10 @@ its own class, which adds methods only, no parameters).
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
+import timm
 import torch
-import torch.nn.functional as F
+from timm.layers import Attention
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -106,8 +105,8 @@ class ViTBackboneMixin:
     * ``last_attention(x)``: CLS-to-patch attention of the last block, ``[B, heads, L]``.
 
     Inputs of a size other than ``img_size`` are accepted (``dynamic_img_size=True``: the
-    position embeddings are interpolated); sides should be multiples of the patch size
-    (timm floors the grid otherwise).
+    position embeddings are interpolated); their sides must be multiples of the patch
+    size (timm asserts it).
     """
 
     arch: str
@@ -146,8 +145,6 @@ class ViTBackboneMixin:
         to 1 minus the mass on prefix tokens). Wrap the call in ``torch.no_grad()`` when no
         gradient is needed.
         """
-        from timm.layers import Attention
-
         if getattr(self, "cls_token", None) is None:
             raise ValueError(f"{self.arch}: last_attention needs a model with a CLS token")
         blk = self.blocks[-1]  # type: ignore[attr-defined]
@@ -159,8 +156,8 @@ class ViTBackboneMixin:
             )
         captured: list[torch.Tensor] = []
 
-        def _grab(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
-            captured.append(args[0])  # normalised block input, [B, N, D]
+        def _grab(_mod: nn.Module, args: tuple) -> None:
+            captured.append(args[0])  # input of the last attention (after norm1), [B, N, D]
 
         handle = attn.register_forward_pre_hook(_grab)
         try:
@@ -170,7 +167,7 @@ class ViTBackboneMixin:
         h = captured[-1]  # h: [B, N, D], N = P + L
         B, N, _ = h.shape
         with torch.autocast(device_type=h.device.type, enabled=False):
-            qkv = attn.qkv(h.float() if h.dtype != attn.qkv.weight.dtype else h)
+            qkv = attn.qkv(h.to(attn.qkv.weight.dtype))  # [B, N, 3 * heads * head_dim]
             qkv = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
             q, k, _v = qkv.unbind(0)  # q, k: [B, heads, N, head_dim]
             q, k = attn.q_norm(q), attn.k_norm(k)
@@ -182,11 +179,20 @@ class ViTBackboneMixin:
         return a
 
 
-_VIT_CLASSES: dict[type, type] = {}
+class ViTBackbone(ViTBackboneMixin, VisionTransformer):
+    """A timm ``VisionTransformer`` with the backbone methods of :class:`ViTBackboneMixin`.
+
+    The class of every standard ``vit_*`` model; other timm classes reached through a
+    ``vit...`` name (e.g. ``Eva`` for ``vit_*_dinov3``) get an equivalent subclass made on
+    the fly (``ViTBackbone_<Class>``); ``isinstance(m, ViTBackboneMixin)`` covers both.
+    """
+
+
+_VIT_CLASSES: dict[type, type] = {VisionTransformer: ViTBackbone}
 
 
 def _vit_backbone_class(base: type) -> type:
-    """The subclass ``ViTBackbone[base]`` = (ViTBackboneMixin, base), cached."""
+    """The subclass (ViTBackboneMixin, base), cached; ViTBackbone for VisionTransformer."""
     cls = _VIT_CLASSES.get(base)
     if cls is None:
         cls = type(f"ViTBackbone_{base.__name__}", (ViTBackboneMixin, base), {"__module__": __name__})
@@ -195,43 +201,36 @@ def _vit_backbone_class(base: type) -> type:
 
 
 def _build_vit(arch: str, cfg: ModelConfig, image_size: int) -> nn.Module:
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
-
     name = _VIT_ALIASES.get(arch, arch)
+    kwargs = dict(
+        pretrained=False,
+        img_size=image_size,
+        patch_size=cfg.patch_size,
+        num_classes=0,
+        drop_path_rate=cfg.drop_path,
+        dynamic_img_size=True,
+    )
     try:
-        model = timm.create_model(
-            name,
-            pretrained=False,
-            img_size=image_size,
-            patch_size=cfg.patch_size,
-            num_classes=0,
-            drop_path_rate=cfg.drop_path,
-            dynamic_img_size=True,
-        )
+        try:
+            model = timm.create_model(name, **kwargs)
+        except TypeError as e:
+            if "dynamic_img_size" not in str(e):
+                raise
+            # a class without variable input size (e.g. VisionTransformerRelPos): fixed size
+            kwargs.pop("dynamic_img_size")
+            model = timm.create_model(name, **kwargs)
     except RuntimeError as e:  # timm: "Unknown model (...)"
         raise ConfigError(f"model.arch '{arch}': {e}") from None
     except TypeError as e:  # the model class does not take one of the arguments
         raise ConfigError(f"model.arch '{arch}' cannot be built with these settings: {e}") from None
-    base = type(model)
-    model.__class__ = ViTBackbone if base is VisionTransformer else _vit_backbone_class(base)
+    # add the backbone methods without wrapping (keeps timm's state_dict keys)
+    model.__class__ = _vit_backbone_class(type(model))
     model.arch = arch
     model.timm_name = name
     model.out_dim = int(model.num_features)
     ps = model.patch_embed.patch_size
     model.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
     return model
-
-
-try:  # the common case gets a named, importable (picklable) class
-    from timm.models.vision_transformer import VisionTransformer as _TimmViT
-
-    class ViTBackbone(ViTBackboneMixin, _TimmViT):
-        """A timm ``VisionTransformer`` with the backbone methods of :class:`ViTBackboneMixin`."""
-
-    _VIT_CLASSES[_TimmViT] = ViTBackbone
-except ImportError:  # pragma: no cover - timm is a dependency
-    ViTBackbone = None  # type: ignore[assignment,misc]
 
 
 # ==================================================================== factory
@@ -249,7 +248,9 @@ def build_backbone(cfg: ModelConfig, image_size: int) -> nn.Module:
       ``vit_{size}_patch16_224`` configs; any other name starting with ``vit`` is a timm
       model name. Both are built with ``img_size=image_size, patch_size=cfg.patch_size,
       num_classes=0, drop_path_rate=cfg.drop_path, pretrained=False,
-      dynamic_img_size=True``.
+      dynamic_img_size=True`` (the last one is left out for the few timm classes that do
+      not take it; those accept only ``image_size`` inputs). ``image_size`` must be a
+      multiple of ``cfg.patch_size``.
 
     Raises ConfigError for unknown names.
     """
@@ -281,6 +282,3 @@ __all__ = [
     "param_count",
     "resolve_cifar_stem",
 ]
-
-# keep linters quiet about helpers imported for type hints only
-_ = (math, F)

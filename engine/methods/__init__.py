@@ -13,6 +13,18 @@ if TYPE_CHECKING:
 # name -> "module:Class"; a new method adds one line here.
 _REGISTRY: dict[str, str] = {
     "simclr": "engine.methods.simclr:SimCLR",
+    # MoCo family
+    "moco_v1": "engine.methods.moco:MoCoV1",
+    "moco_v2": "engine.methods.moco:MoCoV2",
+    "moco_v3": "engine.methods.moco_v3:MoCoV3",
+    # BYOL / SimSiam / Barlow Twins
+    "byol": "engine.methods.byol:BYOL",
+    "simsiam": "engine.methods.simsiam:SimSiam",
+    "barlow_twins": "engine.methods.barlow_twins:BarlowTwins",
+    # SwAV / DINO
+    "swav": "engine.methods.swav:SwAV",
+    "dino": "engine.methods.dino:DINO",
+    # masked image modelling
 }
 
 

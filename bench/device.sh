@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One prepared GPU session: environment check, CUDA smoke run of the CLI, then the benchmarks.
+# Run from the repo root on the GPU machine with .whl (pydantic, lightly wheels) and .data
+# (cifar10.tar.gz) carried. Results land in $OUT (or bench/results).
+set -uo pipefail
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, torchvision, timm, pydantic, lightly; print('torch', torch.__version__, 'tv', torchvision.__version__, 'timm', timm.__version__, 'lightly', lightly.__version__)"
+mkdir -p /tmp/data && tar -xzf .data/cifar10.tar.gz -C /tmp/data
+# CUDA smoke: the CLI end to end on the GPU (bf16, channels_last, fused optimiser), export, eval
+timeout 120 python3 -m engine.cli.train --method simclr --data shapes --steps 60 --batch-size 256 --device cuda \
+  --out /tmp/smoke --quiet --set train.log_every=20 2>&1 | tail -3
+timeout 60 python3 -m engine.cli.evaluate knn --run /tmp/smoke --device cuda
+cp /tmp/smoke/metrics.jsonl "$OUT/smoke-metrics.jsonl" 2>/dev/null
+# SimCLR benchmark on CIFAR-10 (eager, then compiled), lightly 1.6.0 in the same run
+timeout 240 python3 bench/run.py --out "$OUT" --data /tmp/data/cifar10 --cache-dir /tmp/cache --steps 150 --warmup 30
+timeout 240 python3 bench/run.py --out "$OUT" --data /tmp/data/cifar10 --cache-dir /tmp/cache --steps 150 --warmup 40 --compile --only ours model_only

@@ -1,0 +1,429 @@
+"""The main window, offscreen: library, diagram, inspector, data page, runs, scripted mode.
+
+Runs use the tiny SimCLR config (32 px shapes, batch 32, a few steps); long runs
+are stopped explicitly. Every test ends with no run thread, data loader or
+preview thread alive. Screenshots of the panels go to ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6")
+
+from PySide6.QtCore import QPoint, QSettings  # noqa: E402
+
+from engine import events as ev  # noqa: E402
+from engine.config import RunConfig, load_yaml, validate_config  # noqa: E402
+from engine.methods import get_method, list_methods  # noqa: E402
+from studio.main_window import MainWindow  # noqa: E402
+
+RUN_TIMEOUT_MS = 90_000
+
+
+def _with(cfg: dict, **dotted) -> dict:
+    out = copy.deepcopy(cfg)
+    for key, value in dotted.items():
+        cur = out
+        *head, last = key.split(".")
+        for p in head:
+            cur = cur.setdefault(p, {})
+        cur[last] = value
+    return out
+
+
+class Dialogs:
+    """Injected dialogs: questions answered from a list, errors recorded."""
+
+    def __init__(self, answer: bool = True) -> None:
+        self.answer = answer
+        self.questions: list[tuple[str, str]] = []
+        self.errors: list[tuple[str, str]] = []
+
+    def ask(self, title: str, text: str) -> bool:
+        self.questions.append((title, text))
+        return self.answer
+
+    def error(self, title: str, text: str) -> None:
+        self.errors.append((title, text))
+
+
+def _threads_idle(win: MainWindow) -> bool:
+    dp = win.data_page
+    return (win.controller.thread is None
+            and not (dp.loader is not None and dp.loader.isRunning())
+            and not (dp.preview_job is not None and dp.preview_job.isRunning()))
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path, tiny_cfg_dict):
+    """Factory of windows with temp settings / runs folder, tiny config and injected dialogs."""
+    before = threading.active_count()
+    made: list[MainWindow] = []
+
+    def make(settings_name: str = "settings.ini", load_tiny: bool = True) -> MainWindow:
+        settings = QSettings(str(tmp_path / settings_name), QSettings.Format.IniFormat)
+        win = MainWindow(settings=settings, runs_dir=str(tmp_path / "runs"))
+        win.dialogs = Dialogs()
+        win.ask_question = win.dialogs.ask
+        win.show_error = win.dialogs.error
+        qtbot.addWidget(win)
+        if load_tiny:
+            win.inspector.load_config(tiny_cfg_dict)
+        win.resize(1400, 900)
+        win.show()
+        made.append(win)
+        return win
+
+    yield make
+    for win in made:
+        win.shutdown(60)
+        assert _threads_idle(win), "a test left a thread running"
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
+
+
+def _run(qtbot, win: MainWindow) -> tuple[str, str, str]:
+    """Start a run and wait for it; (status, message, run_dir)."""
+    with qtbot.waitSignal(win.run_finished, timeout=RUN_TIMEOUT_MS) as sig:
+        run_dir = win.start_run()
+        assert run_dir is not None
+    return sig.args[0], sig.args[1], run_dir
+
+
+def _events_recorder(win: MainWindow) -> list:
+    got: list = []
+    win.controller.events.connect(lambda b: got.extend(b))
+    return got
+
+
+# ---------------------------------------------------------------------------- layout
+def test_window_opens_with_panels(make_window, tmp_path):
+    win = make_window()
+    assert set(win.library.methods()) == set(list_methods())
+    assert win.library.current_method() == "simclr"
+    assert len(win.diagram.blocks) > 0
+    assert win.inspector.is_valid() and win.act_start.isEnabled()
+    assert not win.act_pause.isEnabled() and not win.act_stop.isEnabled()
+    assert [win.tabs.tabText(i) for i in range(win.tabs.count())] == ["Dashboard", "Data", "Runs", "Log"]
+    shots = win.save_panel_screenshots(str(tmp_path / "shots"))
+    assert len(shots) >= 8 and all(Path(p).stat().st_size > 0 for p in shots)
+
+
+def test_each_method_shows_its_diagram_and_form(make_window, tmp_path):
+    win = make_window()
+    for name in win.library.methods():
+        win.library.select(name)
+        assert win.inspector.method() == name
+        cls = get_method(name)
+        assert len(win.diagram.blocks) == len(cls.diagram().blocks) > 0
+        keys = win.inspector.keys()
+        for p in cls.Params.model_fields:
+            assert f"params.{p}" in keys
+        assert "optim.lr" in keys and "aug.global_crops.scale" in keys
+        win.diagram.grab().save(str(tmp_path / f"diagram-{name}.png"))
+        win.inspector.grab().save(str(tmp_path / f"inspector-{name}.png"))
+
+
+def test_block_click_filters_the_inspector(make_window, qtbot):
+    win = make_window()
+    block = next(b for b in win.diagram.diagram.blocks if b.params)
+    item = win.diagram.blocks[block.id]
+    pos = win.diagram.mapFromScene(item.sceneBoundingRect().center())
+    qtbot.mouseClick(win.diagram.viewport(), qtbot_button(), pos=pos)
+    assert win.diagram.selected_block().id == block.id
+    visible = win.inspector.visible_keys()
+    assert visible and set(visible) <= set(block.params)
+    # empty space shows everything again
+    qtbot.mouseClick(win.diagram.viewport(), qtbot_button(), pos=QPoint(3, 3))  # QPoint(0, 0) would mean 'the centre'
+    assert win.diagram.selected_block() is None
+    assert len(win.inspector.visible_keys()) == len(win.inspector.keys())
+
+
+def qtbot_button():
+    from PySide6.QtCore import Qt
+
+    return Qt.MouseButton.LeftButton
+
+
+def test_invalid_value_disables_start_with_the_reason(make_window, tmp_path):
+    win = make_window()
+    insp = win.inspector
+    insp.set_text("optim.lr", "-1")
+    assert not win.act_start.isEnabled()
+    assert "optim.lr" in insp.error_text() and "greater than 0" in insp.error_text()
+    assert insp.banner.isVisibleTo(insp)
+    assert insp._rows["optim.lr"].error.isVisibleTo(insp)
+    assert "optim.lr" in win.act_start.toolTip()
+    insp.grab().save(str(tmp_path / "inspector-invalid.png"))
+    insp.set_text("optim.lr", "abc")
+    assert not win.act_start.isEnabled() and "not a number" in insp.error_text()
+    insp.set_text("optim.lr", "0.01")
+    assert win.act_start.isEnabled() and insp.error_text() == ""
+    # a tuple whose items contradict each other (cross-field check of the engine)
+    ed = insp.editor("aug.global_crops.scale")
+    ed.edits[0].setText("0.9")
+    ed.edits[1].setText("0.5")
+    insp._on_edited("aug.global_crops.scale")
+    assert not win.act_start.isEnabled() and "aug.global_crops.scale" in insp.error_text()
+    assert win.start_run() is None and win.controller.thread is None
+
+
+def test_changed_values_are_marked_in_form_and_diagram(make_window):
+    win = make_window()
+    insp = win.inspector
+    assert insp.changed_keys() == set()
+    insp.set_text("params.temperature", "0.2")
+    assert "params.temperature" in insp.changed_keys()
+    assert insp._rows["params.temperature"].label.font().bold()
+    loss_blocks = [bid for bid, it in win.diagram.blocks.items() if "params.temperature" in it.block.params]
+    assert loss_blocks and set(loss_blocks) <= set(win.diagram.changed_blocks())
+    insp.reset_to_baseline()
+    assert insp.changed_keys() == set() and win.diagram.changed_blocks() == []
+
+
+def test_editors_follow_the_schema(make_window):
+    from studio.inspector import BoolEditor, EnumEditor, LineEditor, TupleEditor
+
+    insp = make_window().inspector
+    assert isinstance(insp.editor("optim.optimizer"), EnumEditor)
+    assert isinstance(insp.editor("optim.scale_lr"), BoolEditor)
+    assert isinstance(insp.editor("aug.ratio"), TupleEditor)
+    assert isinstance(insp.editor("aug.mean"), TupleEditor) and len(insp.editor("aug.mean").edits) == 3
+    lr = insp.editor("optim.lr")
+    assert isinstance(lr, LineEditor) and "value ≤ 100" in lr.toolTip()
+    size = insp.editor("data.image_size")
+    assert size.auto is not None and size.auto.isChecked()  # optional: 'auto'
+    assert insp.editor("model.cifar_stem").combo is not None  # optional bool: auto / on / off
+    assert "params.temperature" in insp.live_keys() and "optim.lr" in insp.live_keys()
+    # blur_p: a probability or one per view
+    insp.set_text("aug.blur_p", "1.0, 0.1")
+    assert insp.value("aug.blur_p") == [1.0, 0.1] and insp.is_valid()
+    size.auto.setChecked(False)
+    insp.set_text("data.image_size", "32")
+    assert insp.value("data.image_size") == 32 and insp.is_valid()
+    size.auto.setChecked(True)
+    assert insp.value("data.image_size") is None
+
+
+def test_presets_and_yaml_round_trip(make_window, tmp_path):
+    win = make_window()
+    insp = win.inspector
+    win.load_preset("quick_cpu")
+    assert insp.current_preset() == "quick_cpu" and insp.changed_keys() == set()
+    insp.set_text("optim.lr", "0.005")
+    path = tmp_path / "setup.yaml"
+    insp.save_file_dialog = lambda: str(path)
+    insp._save_clicked()
+    saved = validate_config(load_yaml(path))  # what ssl-train --config reads
+    assert saved.optim.lr == 0.005 and saved.method == "simclr"
+    insp.load_preset("simclr_v2")
+    assert insp.value("params.temperature") == 0.1
+    insp.open_file_dialog = lambda: str(path)
+    insp._open_clicked()
+    assert insp.value("optim.lr") == 0.005 and insp.changed_keys() == set()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {lr: -3}\n")
+    insp.open_file_dialog = lambda: str(bad)
+    insp._open_clicked()
+    assert win.dialogs.errors and "optim.lr" in win.dialogs.errors[-1][1]
+    assert insp.value("optim.lr") == 0.005  # nothing changed
+
+
+# ------------------------------------------------------------------------------ runs
+def test_short_run_emits_curves_then_reopens_and_resumes(make_window, qtbot, tmp_path, tiny_cfg_dict):
+    win = make_window()
+    win.inspector.load_config(_with(tiny_cfg_dict, **{"train.steps": 4}))
+    got = _events_recorder(win)
+    status, message, run_dir = _run(qtbot, win)
+    assert (status, message) == ("completed", "")
+    assert re.fullmatch(r"simclr-\d{8}-\d{6}(-\d+)?", Path(run_dir).name)
+    assert Path(run_dir).parent == tmp_path / "runs"
+    assert len([e for e in got if isinstance(e, ev.StepMetrics)]) == 4 and isinstance(got[-1], ev.Finished)
+    dash = win.dashboard
+    if hasattr(dash, "series"):
+        x, _ = dash.series("loss")
+        assert len(x) == 4
+    assert win.progress.value() == 4
+    assert win.act_start.isEnabled() and win.library.isEnabled()
+    assert not win.dialogs.errors
+    win.save_panel_screenshots(str(tmp_path / "after-run"))
+
+    # the past run reopens from the runs panel: its curves and its own config come back
+    pytest.importorskip("studio.runs_panel")
+    win.runs_panel.refresh()
+    assert run_dir in [r["run_dir"] for r in win.runs_panel.rows()]
+    win.inspector.set_text("optim.lr", "0.05")
+    win.dashboard.clear()
+    win.runs_panel.open_requested.emit(run_dir)
+    assert win.opened_run == run_dir
+    assert win.inspector.value("optim.lr") == pytest.approx(1e-3)
+    if hasattr(dash, "series"):
+        x, _ = dash.series("loss")
+        assert len(x) == 4
+    win.tabs.setCurrentWidget(win.runs_panel)
+    win.grab().save(str(tmp_path / "runs-tab.png"))
+
+    # ... and continues from its checkpoint for two more steps
+    cfg = load_yaml(Path(run_dir) / "config.yaml")
+    cfg["train"]["steps"] = 6
+    (Path(run_dir) / "config.yaml").write_text(RunConfig(**cfg).to_yaml())
+    with qtbot.waitSignal(win.run_finished, timeout=RUN_TIMEOUT_MS) as sig:
+        win.runs_panel.resume_requested.emit(run_dir)
+    assert sig.args[0] == "completed"
+    rows = ev.read_metrics(str(Path(run_dir) / "metrics.jsonl"))
+    starts = [r for r in rows if r["event"] == "run_started"]
+    assert len(starts) == 2 and starts[1]["resumed"] is True and starts[1]["step"] == 4
+    assert [r for r in rows if r["event"] == "finished"][-1]["step"] == 6
+
+
+def test_pause_resume_live_change_and_close_during_a_run(make_window, qtbot, tiny_cfg_dict, tmp_path):
+    win = make_window()
+    win.inspector.load_config(_with(tiny_cfg_dict, **{"train.steps": 100_000}))
+    got = _events_recorder(win)
+
+    def n_steps() -> int:
+        return len([e for e in got if isinstance(e, ev.StepMetrics)])
+
+    run_dir = win.start_run()
+    assert not win.act_start.isEnabled() and win.act_pause.isEnabled() and win.act_stop.isEnabled()
+    # only live-tunable settings stay editable during a run
+    assert win.inspector.editor("params.temperature").isEnabled()
+    assert win.inspector.editor("optim.lr").isEnabled()
+    assert not win.inspector.editor("model.arch").isEnabled()
+    assert not win.library.isEnabled() and not win.device_picker.isEnabled()
+    qtbot.waitUntil(lambda: n_steps() > 0, timeout=RUN_TIMEOUT_MS)
+
+    # pause / resume
+    win.act_pause.trigger()
+    qtbot.waitUntil(lambda: any(isinstance(e, ev.StatusChanged) and e.status == "paused" for e in got),
+                    timeout=30_000)
+    assert win.act_resume.isEnabled() and not win.act_pause.isEnabled()
+    n = n_steps()
+    qtbot.wait(500)
+    assert n_steps() == n, "a paused run must not advance"
+    win.act_resume.trigger()
+    qtbot.waitUntil(lambda: n_steps() > n, timeout=30_000)
+
+    # live change: a refused value is shown on the field and the run goes on; a good one is applied
+    win.inspector.set_text("params.temperature", "-2")
+    assert "params.temperature" in win.inspector.error_text()
+    win.inspector.set_text("params.temperature", "0.3")
+    qtbot.waitUntil(lambda: any(isinstance(e, ev.LiveChange) for e in got), timeout=30_000)
+    assert win.inspector.value("params.temperature") == 0.3
+    assert [e.new for e in got if isinstance(e, ev.LiveChange)] == [0.3]
+    win.grab().save(str(tmp_path / "during-run.png"))
+
+    # closing asks; "no" keeps the run, "yes" stops it cleanly (checkpoint kept), then closes
+    win.dialogs.answer = False
+    assert not win.close()
+    assert win.isVisible() and win.controller.is_running()
+    win.dialogs.answer = True
+    with qtbot.waitSignal(win.run_finished, timeout=RUN_TIMEOUT_MS) as sig:
+        win.close()
+    assert len(win.dialogs.questions) == 2
+    assert sig.args[0] == "stopped"
+    qtbot.waitUntil(lambda: not win.isVisible(), timeout=10_000)
+    assert win.controller.thread is None
+    assert (Path(run_dir) / "checkpoints" / "last.pt").is_file()
+    rows = ev.read_metrics(str(Path(run_dir) / "metrics.jsonl"))
+    live = [r for r in rows if r["event"] == "live_change"]
+    assert live and live[0]["key"] == "params.temperature" and live[0]["new"] == 0.3
+    assert "live_change" in (Path(run_dir) / "events.log").read_text()
+
+
+def test_failed_run_shows_the_error_and_the_window_stays_usable(make_window, qtbot, tmp_path):
+    win = make_window()
+    win.inspector.set_value("data.source", str(tmp_path / "missing-images"))
+    status, message, _ = _run(qtbot, win)
+    assert status == "failed" and "missing-images" in message
+    assert win.dialogs.errors and "missing-images" in win.dialogs.errors[-1][1]
+    assert win.act_start.isEnabled() and win.library.isEnabled()
+    assert win.inspector.editor("model.arch").isEnabled()
+    assert not win.act_stop.isEnabled() and win.controller.state == "idle"
+    win.grab().save(str(tmp_path / "after-failure.png"))
+    # usable: settings can change and another method can be chosen
+    win.inspector.set_value("data.source", "shapes")
+    assert win.inspector.is_valid() and win.act_start.isEnabled()
+
+
+# ------------------------------------------------------------------------- settings
+def test_settings_persist_between_sessions(make_window, tmp_path):
+    win = make_window(settings_name="persist.ini", load_tiny=False)
+    win.restore_session("quick_cpu")
+    assert win.inspector.current_preset() == "quick_cpu"
+    win.inspector.set_value("data.source", str(tmp_path / "my-images"))
+    win.resize(1234, 777)
+    win.tabs.setCurrentIndex(2)
+    win.save_settings()
+    win.close()
+    again = make_window(settings_name="persist.ini", load_tiny=False)
+    again.restore_session("quick_cpu")
+    assert again.inspector.value("data.source") == str(tmp_path / "my-images")
+    assert again.inspector.method() == "simclr"
+    assert again.tabs.currentIndex() == 2
+    assert again.settings.value("last_method") == "simclr"
+
+
+# ----------------------------------------------------------------------------- data
+def test_data_page_loads_and_previews_augmentation(make_window, qtbot, tmp_path):
+    win = make_window()
+    page = win.data_page
+    win.tabs.setCurrentWidget(page)
+    with qtbot.waitSignal(page.preview_updated, timeout=60_000):
+        page.choose_source("shapes")
+    s = page.splits
+    assert len(s.train) == 256 and len(s.test) == 128 and s.image_size == 32
+    assert page.info_labels["train"].text().startswith("256")
+    assert not page.thumbs.pixmap().isNull() and not page.preview.pixmap().isNull()
+    assert page.data_for(win.inspector.config()) is s
+    before = page.preview.pixmap().toImage()
+    # an aug.* change refreshes the preview (debounced)
+    with qtbot.waitSignal(page.preview_updated, timeout=30_000):
+        win.inspector.set_text("aug.local_crops.count", "2")
+    after = page.preview.pixmap().toImage()
+    assert after.width() > before.width()  # two more columns: the local crops
+    page.grab().save(str(tmp_path / "data-page.png"))
+    # a bad path: the message is shown, nothing crashes
+    with qtbot.waitSignal(page.load_failed, timeout=30_000) as sig:
+        page.choose_source(str(tmp_path / "nothing-here"))
+    assert "nothing-here" in sig.args[0]
+    assert win.inspector.value("data.source") == str(tmp_path / "nothing-here")
+
+
+# --------------------------------------------------------------------------- scripted
+def test_scripted_mode_runs_and_saves_a_screenshot(qtbot, tmp_path, tiny_cfg_dict, capsys):
+    from studio import app
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(validate_config(_with(tiny_cfg_dict, **{"train.steps": 3})).to_yaml())
+    shot = tmp_path / "studio.png"
+    rc = app.main(["--run", str(cfg_path), "--data", "shapes", "--steps", "2", "--screenshot", str(shot),
+                   "--quit", "--runs-dir", str(tmp_path / "runs"), "--settings", str(tmp_path / "s.ini")])
+    assert rc == 0, capsys.readouterr().err
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1
+    rows = ev.read_metrics(str(runs[0] / "metrics.jsonl"))
+    assert rows[-1]["event"] == "finished" and rows[-1]["step"] == 2
+
+
+def test_scripted_mode_reports_a_failed_run(qtbot, tmp_path, tiny_cfg_dict, capsys):
+    from studio import app
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(validate_config(tiny_cfg_dict).to_yaml())
+    rc = app.main(["--run", str(cfg_path), "--data", str(tmp_path / "absent.tar.gz"), "--quit",
+                   "--runs-dir", str(tmp_path / "runs"), "--settings", str(tmp_path / "s.ini")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "run failed" in err and "absent.tar.gz" in err
+    assert app.main(["--run", "no_such_preset", "--quit", "--settings", str(tmp_path / "s.ini")]) == 2

@@ -1,0 +1,179 @@
+"""The run worker: trainer in a worker thread, batched events, cooperative control, failures."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6")
+
+from engine import events as ev  # noqa: E402
+from engine.config import validate_config  # noqa: E402
+from engine.errors import ConfigError  # noqa: E402
+from studio.worker import EventBuffer, RunController, device_choices, make_run_dir  # noqa: E402
+
+RUN_TIMEOUT_MS = 90_000
+
+
+def _cfg(tiny_cfg_dict, **dotted):
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tiny_cfg_dict.items()}
+    for key, value in dotted.items():
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})[name] = value
+    return validate_config(raw)
+
+
+class Recorder:
+    """Collects the controller's batches (GUI thread)."""
+
+    def __init__(self, controller: RunController) -> None:
+        self.batches: list[list[ev.Event]] = []
+        self.times: list[float] = []
+        controller.events.connect(self.on_batch)
+
+    def on_batch(self, batch: list) -> None:
+        self.batches.append(list(batch))
+        self.times.append(time.monotonic())
+
+    @property
+    def events(self) -> list[ev.Event]:
+        return [e for b in self.batches for e in b]
+
+    def of(self, kind) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+@pytest.fixture
+def controller(qtbot):
+    before = threading.active_count()
+    c = RunController()
+    yield c
+    c.shutdown(60)
+    assert c.thread is None
+    # the worker is a QThread: nothing of it may survive the test
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
+
+
+def test_event_buffer_is_thread_safe():
+    buf = EventBuffer()
+
+    def produce(k: int) -> None:
+        for i in range(500):
+            buf.append(ev.StepMetrics(i, epoch=k, loss=1.0, lr=0.1, weight_decay=0.0, images_per_s=1.0))
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+    got: list = []
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        got += buf.drain()
+    for t in threads:
+        t.join()
+    got += buf.drain()
+    assert len(got) == 2000 and len(buf) == 0
+
+
+def test_run_folder_names(tmp_path):
+    t = time.mktime((2024, 5, 6, 7, 8, 9, 0, 0, -1))
+    a = make_run_dir(tmp_path / "runs", "simclr", now=t)
+    b = make_run_dir(tmp_path / "runs", "simclr", now=t)
+    assert a.name == "simclr-20240506-070809" and a.is_dir()
+    assert b.name == "simclr-20240506-070809-2"
+    assert re.fullmatch(r"byol-\d{8}-\d{6}", make_run_dir(tmp_path, "byol").name)
+
+
+def test_device_choices_list_cpu_and_gpus():
+    import torch
+
+    values = [v for v, _ in device_choices()]
+    assert values[:2] == ["auto", "cpu"]
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert len(values) == 2 + n_gpu
+
+
+def test_run_completes_with_batched_events(controller, qtbot, tiny_cfg_dict, tmp_path):
+    rec = Recorder(controller)
+    run_dir = tmp_path / "run"
+    with qtbot.waitSignal(controller.finished, timeout=RUN_TIMEOUT_MS) as sig:
+        controller.start(_cfg(tiny_cfg_dict), run_dir)
+        assert controller.is_running()
+    assert sig.args == ["completed", ""]
+    events = rec.events
+    assert isinstance(events[0], ev.RunStarted) and isinstance(events[-1], ev.Finished)
+    assert len(rec.of(ev.StepMetrics)) == 6  # log_every 1
+    # events arrive in batches, never more often than the pump's interval (~5 a second)
+    gaps = [b - a for a, b in zip(rec.times, rec.times[1:-1])]
+    assert all(g > 0.12 for g in gaps), gaps
+    assert len(rec.batches) < len(events)
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert controller.state == "idle" and not controller.is_running()
+
+
+def test_pause_resume_live_change_and_stop(controller, qtbot, tiny_cfg_dict, tmp_path):
+    rec = Recorder(controller)
+    controller.start(_cfg(tiny_cfg_dict, **{"train.steps": 100_000}), tmp_path / "run")
+    qtbot.waitUntil(lambda: bool(rec.of(ev.StepMetrics)), timeout=RUN_TIMEOUT_MS)
+    # pause: the run stops advancing
+    controller.pause()
+    qtbot.waitUntil(lambda: any(e.status == "paused" for e in rec.of(ev.StatusChanged)), timeout=30_000)
+    trainer = controller.worker.trainer
+    step = trainer.step
+    qtbot.wait(500)
+    assert trainer.step == step, "a paused run must not advance"
+    assert controller.state == "paused"
+    # live changes: refused ones raise at once, accepted ones are applied (even while paused)
+    with pytest.raises(ConfigError, match="params.temperature"):
+        controller.set_param("params.temperature", -1.0)
+    with pytest.raises(ConfigError, match="cannot change during a run"):
+        controller.set_param("model.arch", "resnet50")
+    controller.set_param("params.temperature", 0.25)
+    qtbot.waitUntil(lambda: bool(rec.of(ev.LiveChange)), timeout=30_000)
+    change = rec.of(ev.LiveChange)[0]
+    assert (change.key, change.new) == ("params.temperature", 0.25)
+    # resume: it advances again
+    controller.resume()
+    assert controller.state == "running"
+    qtbot.waitUntil(lambda: trainer.step > step, timeout=30_000)
+    # stop: within a step, with a checkpoint
+    with qtbot.waitSignal(controller.finished, timeout=RUN_TIMEOUT_MS) as sig:
+        controller.stop()
+    assert sig.args[0] == "stopped"
+    assert rec.of(ev.Finished)[-1].step < 100_000
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    rows = ev.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    assert any(r["event"] == "live_change" and r["key"] == "params.temperature" and r["new"] == 0.25 for r in rows)
+
+
+def test_failed_run_reports_the_engine_message(controller, qtbot, tiny_cfg_dict, tmp_path):
+    rec = Recorder(controller)
+    missing = tmp_path / "no-such-folder"
+    with qtbot.waitSignal(controller.finished, timeout=RUN_TIMEOUT_MS) as sig:
+        controller.start(_cfg(tiny_cfg_dict, **{"data.source": str(missing)}), tmp_path / "run")
+    status, message = sig.args
+    assert status == "failed"
+    assert "no-such-folder" in message
+    assert rec.of(ev.Error) and isinstance(rec.events[-1], ev.Finished)
+    # the controller is ready for the next run
+    assert not controller.is_running()
+    with pytest.raises(ConfigError):
+        controller.set_param("optim.lr", 0.1)
+
+
+def test_stop_before_the_trainer_exists_and_wait(controller, tiny_cfg_dict, tmp_path):
+    """A stop issued right after start (before the worker built the trainer) still stops the run;
+    wait() (used when the window closes) joins the thread and flushes the last events itself."""
+    got: list = []
+    controller.events.connect(lambda b: got.extend(b))
+    controller.start(_cfg(tiny_cfg_dict, **{"train.steps": 100_000}), tmp_path / "run")
+    controller.stop()
+    assert controller.wait(RUN_TIMEOUT_MS / 1000)
+    assert not controller.is_running() and controller.state == "idle"
+    assert isinstance(got[-1], ev.Finished) and got[-1].status == "stopped"
+    assert Path(tmp_path / "run" / "run.json").is_file()

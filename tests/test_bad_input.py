@@ -1,0 +1,181 @@
+"""Every bad input of issue 2 point 10: one clear line, exit status 2, nothing half-written."""
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.cli import evaluate, train
+from helpers import with_, write_cfg
+from test_cli import _tiny
+
+
+def run_train(args, capsys):
+    rc = train.main(args + ["--quiet"])
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def assert_user_error(rc, err, needle):
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    assert needle.lower() in lines[0].lower(), lines[0]
+
+
+def _img(path, size=(40, 40), mode="RGB"):
+    arr = (np.random.default_rng(0).random((size[1], size[0], 3)) * 255).astype("uint8")
+    Image.fromarray(arr).convert(mode).save(path)
+
+
+def _cfg(tmp_path, **dotted):
+    return write_cfg(tmp_path, with_(_tiny(), **dotted))
+
+
+def test_unknown_method(tmp_path, capsys):
+    rc, err = run_train(["--method", "nope", "--data", "shapes", "--out", str(tmp_path / "r")], capsys)
+    assert_user_error(rc, err, "unknown method 'nope'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    rc, err = run_train(["--config", str(_cfg(tmp_path)), "--out", str(tmp_path / "r"),
+                         "--set", "optim.lrr=1"], capsys)
+    assert_user_error(rc, err, "unknown config key 'optim.lrr'")
+
+
+def test_out_of_range_value(tmp_path, capsys):
+    rc, err = run_train(["--config", str(_cfg(tmp_path)), "--out", str(tmp_path / "r"),
+                         "--set", "params.temperature=-2"], capsys)
+    assert_user_error(rc, err, "params.temperature")
+
+
+def test_missing_data_path(tmp_path, capsys):
+    rc, err = run_train(["--config", str(_cfg(tmp_path)), "--data", str(tmp_path / "nowhere"),
+                         "--out", str(tmp_path / "r")], capsys)
+    assert_user_error(rc, err, "nowhere")
+
+
+def test_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc, err = run_train(["--config", str(_cfg(tmp_path)), "--data", str(tmp_path / "empty"),
+                         "--out", str(tmp_path / "r")], capsys)
+    assert_user_error(rc, err, "empty")
+    # nothing half-written: no checkpoint, the summary says failed
+    assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()
+
+
+def test_folder_without_images(tmp_path, capsys):
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "notes.txt").write_text("hello")
+    rc, err = run_train(["--config", str(_cfg(tmp_path)), "--data", str(d), "--out", str(tmp_path / "r")], capsys)
+    assert_user_error(rc, err, "no images")
+
+
+def test_all_images_corrupt(tmp_path, capsys):
+    d = tmp_path / "bad" / "cls"
+    d.mkdir(parents=True)
+    for i in range(3):
+        (d / f"{i}.jpg").write_bytes(b"not a jpeg at all")
+    rc, err = run_train(["--config", str(_cfg(tmp_path)), "--data", str(tmp_path / "bad"),
+                         "--out", str(tmp_path / "r")], capsys)
+    assert_user_error(rc, err, "could be decoded")
+
+
+def _folder(root, n_per_class=20, size=(40, 40), modes=("RGB",)):
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n_per_class):
+            _img(root / c / f"{i}.png", size, modes[i % len(modes)])
+
+
+def test_corrupt_images_skipped_with_count_and_modes_converted(tmp_path, capsys):
+    root = tmp_path / "mixed"
+    _folder(root, modes=("RGB", "L", "RGBA", "P"))
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8garbage")
+    cfg = _cfg(tmp_path, **{"train.batch_size": 8, "train.steps": 2, "aug.global_crops.size": 32})
+    rc, err = run_train(["--config", str(cfg), "--data", str(root), "--out", str(tmp_path / "r")], capsys)
+    assert rc == 0, err
+    assert "skipped 1" in err
+
+
+def test_images_smaller_than_the_crop(tmp_path, capsys):
+    root = tmp_path / "small"
+    _folder(root, size=(16, 16))
+    cfg = _cfg(tmp_path, **{"train.batch_size": 8, "aug.global_crops.size": 32})
+    rc, err = run_train(["--config", str(cfg), "--data", str(root), "--out", str(tmp_path / "r")], capsys)
+    assert_user_error(rc, err, "16 px")
+
+
+def test_output_folder_holds_another_run(tmp_path, capsys):
+    cfg = _cfg(tmp_path, **{"train.steps": 2})
+    out = tmp_path / "r"
+    assert run_train(["--config", str(cfg), "--out", str(out)], capsys)[0] == 0
+    before = (out / "metrics.jsonl").read_text()
+    rc, err = run_train(["--config", str(cfg), "--out", str(out)], capsys)
+    assert_user_error(rc, err, "already holds a run")
+    assert (out / "metrics.jsonl").read_text() == before  # untouched
+    rc, err = run_train(["--config", str(cfg), "--out", str(out), "--overwrite"], capsys)
+    assert rc == 0, err
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    cfg = _cfg(tmp_path, **{"train.steps": 2})
+    out = tmp_path / "r"
+    assert run_train(["--config", str(cfg), "--out", str(out)], capsys)[0] == 0
+    (out / "checkpoints" / "last.pt").unlink()
+    rc, err = run_train(["--resume", str(out), "--steps", "4"], capsys)
+    assert_user_error(rc, err, "checkpoint not found")
+    assert evaluate.main(["knn", "--run", str(out)]) == 2
+
+
+def test_truncated_checkpoint(tmp_path, capsys):
+    cfg = _cfg(tmp_path, **{"train.steps": 2})
+    out = tmp_path / "r"
+    assert run_train(["--config", str(cfg), "--out", str(out)], capsys)[0] == 0
+    ck = out / "checkpoints" / "last.pt"
+    ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
+    rc, err = run_train(["--resume", str(out), "--steps", "4"], capsys)
+    assert_user_error(rc, err, "truncated or corrupt")
+
+
+def test_resume_with_incompatible_config(tmp_path, capsys):
+    cfg = _cfg(tmp_path, **{"train.steps": 2})
+    out = tmp_path / "r"
+    assert run_train(["--config", str(cfg), "--out", str(out)], capsys)[0] == 0
+    rc, err = run_train(["--resume", str(out), "--steps", "4", "--set", "params.proj_out=64"], capsys)
+    assert_user_error(rc, err, "params.proj_out")
+
+
+def test_no_args_for_out(capsys):
+    rc, err = run_train(["--method", "simclr", "--data", "shapes"], capsys)
+    assert_user_error(rc, err, "--out")
+
+
+def test_bad_yaml_config(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    p.write_text("method: [unclosed\n")
+    rc, err = run_train(["--config", str(p), "--out", str(tmp_path / "r")], capsys)
+    assert_user_error(rc, err, "not valid YAML")
+
+
+def test_tar_of_16bit_and_palette_images(tmp_path, capsys):
+    """A .tar.gz of a class-folder dataset with unusual modes trains after conversion."""
+    buf = tmp_path / "ds.tar.gz"
+    with tarfile.open(buf, "w:gz") as tf:
+        for c in ("a", "b"):
+            for i in range(10):
+                arr = (np.random.default_rng(i).random((36, 36)) * 65535).astype("uint16")
+                im = Image.fromarray(arr, mode="I;16") if i % 2 else Image.fromarray((arr >> 8).astype("uint8")).convert("P")
+                b = io.BytesIO()
+                im.save(b, format="PNG")
+                info = tarfile.TarInfo(f"ds/{c}/{i}.png")
+                info.size = len(b.getvalue())
+                tf.addfile(info, io.BytesIO(b.getvalue()))
+    cfg = _cfg(tmp_path, **{"train.batch_size": 8, "train.steps": 2, "aug.global_crops.size": 32})
+    rc, err = run_train(["--config", str(cfg), "--data", str(buf), "--out", str(tmp_path / "r")], capsys)
+    assert rc == 0, err

@@ -1,0 +1,107 @@
+"""The command-line contract other tools rely on (issue 2, point 9)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine.cli import evaluate, export, train
+from helpers import metrics, write_cfg
+
+
+def test_list_methods(capsys):
+    assert train.main(["--list-methods"]) == 0
+    names = capsys.readouterr().out.split()
+    assert "simclr" in names
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    path = write_cfg(tmp, _tiny())
+    out = tmp / "run"
+    rc = train.main(["--config", str(path), "--out", str(out), "--steps", "8", "--quiet"])
+    assert rc == 0
+    return out
+
+
+def _tiny():
+    return {
+        "method": "simclr",
+        "data": {"source": "shapes", "shapes_size": 32, "shapes_train": 256, "shapes_test": 128},
+        "model": {"arch": "resnet18", "cifar_stem": False},
+        "aug": {"global_crops": {"count": 2, "size": 32, "scale": [0.3, 1.0]}},
+        "optim": {"optimizer": "adamw", "lr": 1e-3, "scale_lr": False, "warmup_epochs": 0},
+        "train": {"steps": 6, "batch_size": 32, "device": "cpu", "log_every": 1, "probe_every_s": 1000},
+        "eval": {"max_bank": 256, "max_queries": 128},
+    }
+
+
+def test_run_folder_contents(trained_run):
+    for name in ("config.yaml", "metrics.jsonl", "events.log", "run.json", "checkpoints/last.pt"):
+        assert (trained_run / name).is_file(), name
+    rows = metrics(trained_run)
+    assert all("step" in r and "event" in r for r in rows)
+    train_rows = [r for r in rows if r["event"] == "train"]
+    assert len(train_rows) == 8 and all("loss" in r and "lr" in r for r in train_rows)
+    evals = [r for r in rows if r["event"] == "eval"]
+    assert evals and 0.0 <= evals[-1]["knn_top1"] <= 1.0
+    assert rows[0]["event"] == "run_started" and rows[-1]["event"] == "finished"
+    assert json.loads((trained_run / "run.json").read_text())["status"] == "completed"
+
+
+def test_config_yaml_is_reusable(trained_run, tmp_path, capsys):
+    out = tmp_path / "again"
+    assert train.main(["--config", str(trained_run / "config.yaml"), "--out", str(out), "--steps", "2",
+                       "--quiet"]) == 0
+    assert (out / "checkpoints" / "last.pt").is_file()
+
+
+def test_eval_knn_prints_one_json_line(trained_run, capsys):
+    assert evaluate.main(["knn", "--run", str(trained_run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    row = json.loads(out[0])
+    assert 0.0 <= row["knn_top1"] <= 1.0 and row["step"] == 8
+    # the same number the run logged at its end
+    last = [r for r in metrics(trained_run) if r["event"] == "eval"][-1]
+    assert row["knn_top1"] == pytest.approx(last["knn_top1"], abs=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "timm", "safetensors"])
+def test_export_loads_strictly_into_library_models(trained_run, tmp_path, fmt):
+    import timm
+    import torchvision
+
+    out = tmp_path / f"bb.{'safetensors' if fmt == 'safetensors' else 'pt'}"
+    assert export.main(["--run", str(trained_run), "--format", fmt, "--out", str(out)]) == 0
+    if fmt == "safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(out)
+    else:
+        sd = torch.load(out, weights_only=True)
+    if fmt == "torchvision":
+        m = torchvision.models.resnet18()
+        m.fc = torch.nn.Identity()
+    else:
+        m = timm.create_model("resnet18", num_classes=0, pretrained=False)
+    m.load_state_dict(sd, strict=True)
+    # same features as the run's own backbone
+    from engine.export import load_run_method
+
+    _, method, _ = load_run_method(trained_run)
+    x = torch.randn(2, 3, 32, 32)
+    m.eval()
+    torch.testing.assert_close(m(x), method.backbone(x), rtol=1e-4, atol=1e-4)
+
+
+def test_console_script_bad_method_exits_2(tmp_path):
+    exe = [sys.executable, "-m", "engine.cli.train"]
+    r = subprocess.run(exe + ["--method", "nope", "--data", "shapes", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "unknown method 'nope'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,66 @@
+import pytest
+import yaml
+
+from engine.config import RunConfig, build_config, live_keys, parse_override, validate_config
+from engine.errors import ConfigError
+
+
+def test_defaults_validate_and_resolve_method_params():
+    cfg = RunConfig()
+    assert cfg.method == "simclr"
+    assert cfg.params["temperature"] == 0.5  # SimCLR's CIFAR default
+    assert cfg.params["proj_out"] == 128
+
+
+def test_unknown_top_level_and_nested_keys_are_named():
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        validate_config({"optim": {"lrr": 0.1}})
+    with pytest.raises(ConfigError, match="unknown config key 'params.temprature'"):
+        validate_config({"params": {"temprature": 0.1}})
+
+
+def test_out_of_range_values_are_rejected_with_the_key():
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        validate_config({"train": {"batch_size": 0}})
+    with pytest.raises(ConfigError, match="params.temperature"):
+        validate_config({"params": {"temperature": -1}})
+    with pytest.raises(ConfigError, match="scale"):
+        validate_config({"aug": {"global_crops": {"scale": [0.9, 0.1]}}})
+
+
+def test_unknown_method():
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        validate_config({"method": "nope"})
+
+
+def test_overrides_parse_yaml_scalars_and_apply():
+    assert parse_override("optim.lr=0.1") == (["optim", "lr"], 0.1)
+    assert parse_override("aug.global_crops.scale=[0.2, 1.0]") == (["aug", "global_crops", "scale"], [0.2, 1.0])
+    cfg = build_config({}, ["optim.lr=0.05", "params.temperature=0.2", "model.cifar_stem=true"])
+    assert cfg.optim.lr == 0.05 and cfg.params["temperature"] == 0.2 and cfg.model.cifar_stem is True
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("optim.lr")
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = build_config({}, ["optim.lr=0.05", "train.steps=7"])
+    cfg.save(tmp_path / "c.yaml")
+    again = validate_config(yaml.safe_load((tmp_path / "c.yaml").read_text()))
+    assert again == cfg
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_schema_has_ranges_and_help_for_forms():
+    schema = RunConfig.model_json_schema()
+    optim = schema["$defs"]["OptimConfig"]["properties"]
+    assert optim["lr"]["description"]
+    assert optim["lr"]["exclusiveMinimum"] == 0
+    from engine.methods import get_method
+
+    p = get_method("simclr").Params.model_json_schema()["properties"]["temperature"]
+    assert p["exclusiveMinimum"] == 0 and "temperature" in p["description"].lower()
+
+
+def test_live_keys_include_method_declared_ones():
+    keys = live_keys(RunConfig())
+    assert "optim.lr" in keys and "params.temperature" in keys

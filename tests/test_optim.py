@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+
+from engine.config import OptimConfig
+from engine.optim import LARS, build_optimizer, cosine_schedule, set_lr_wd
+
+
+def test_cosine_schedule_values():
+    s = cosine_schedule(1.0, 0.0, 10, warmup=2)
+    assert len(s) == 10
+    np.testing.assert_allclose(s[:2], [0.0, 0.5])
+    assert s[2] == pytest.approx(1.0)
+    assert s[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 7 / 8)))
+    assert np.all(np.diff(s[2:]) <= 0)
+
+
+def test_lars_matches_its_formula():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, 3))
+    g = torch.randn(5, 3)
+    w0 = w.detach().clone()
+    opt = LARS([w], lr=0.1, momentum=0.9, weight_decay=0.01, eta=0.02)
+    w.grad = g.clone()
+    opt.step()
+    d = g + 0.01 * w0
+    trust = 0.02 * w0.norm() / d.norm()
+    torch.testing.assert_close(w.detach(), w0 - 0.1 * trust * d)
+
+
+def test_bias_and_norm_params_get_no_decay_and_no_lars():
+    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    opt = build_optimizer(m, [{"params": list(m.parameters())}], OptimConfig(weight_decay=0.1), 0.5,
+                          torch.device("cpu"))
+    groups = {g["lars"]: g for g in opt.param_groups}
+    assert groups[True]["weight_decay"] == 0.1 and len(groups[True]["params"]) == 1
+    assert groups[False]["weight_decay"] == 0.0 and len(groups[False]["params"]) == 3
+    set_lr_wd(opt, 0.2, 0.05)
+    assert groups[True]["lr"] == 0.2 and groups[True]["weight_decay"] == 0.05
+    assert groups[False]["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "lars"])
+def test_each_optimizer_reduces_a_simple_loss(name):
+    torch.manual_seed(0)
+    m = torch.nn.Linear(8, 1)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    opt = build_optimizer(m, [{"params": list(m.parameters())}], OptimConfig(optimizer=name, weight_decay=0.0), 0.05,
+                          torch.device("cpu"))
+    first = None
+    for _ in range(50):
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first

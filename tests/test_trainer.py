@@ -1,0 +1,146 @@
+"""Trainer behaviour: events, control calls, checkpoints, failures (issue 2 point 7)."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from engine import events as ev
+from engine.checkpoint import load_checkpoint
+from engine.config import validate_config
+from engine.errors import ConfigError, TrainingError
+from engine.trainer import Trainer
+from helpers import metrics, with_
+from test_cli import _tiny
+
+
+def _trainer(tmp_path, name="r", listeners=(), **dotted):
+    cfg = validate_config(with_(_tiny(), **dotted))
+    return Trainer(cfg, tmp_path / name, listeners=listeners)
+
+
+def test_events_reach_every_listener_in_order(tmp_path):
+    a, b = [], []
+    fin = _trainer(tmp_path, listeners=(a.append, b.append), **{"train.steps": 3}).run()
+    assert fin.status == "completed"
+    kinds = [type(e).__name__ for e in a]
+    assert kinds[0] == "RunStarted" and kinds[-1] == "Finished"
+    assert [type(e) for e in a] == [type(e) for e in b]
+    assert {"StepMetrics", "Evaluation", "CheckpointSaved"} <= set(kinds)
+    steps = [e.step for e in a if isinstance(e, ev.StepMetrics)]
+    assert steps == [1, 2, 3]
+
+
+def test_resume_gives_the_same_next_losses(tmp_path):
+    full = _trainer(tmp_path, "full", **{"train.steps": 8})
+    full.run()
+    part = _trainer(tmp_path, "part", **{"train.steps": 8})
+    part.subscribe(lambda e: part.stop() if isinstance(e, ev.StepMetrics) and e.step == 4 else None)
+    assert part.run().status == "stopped"
+    cfg = validate_config(with_(_tiny(), **{"train.steps": 8}))
+    Trainer(cfg, tmp_path / "part", resume=True).run()
+    loss = lambda rows: {r["step"]: r["loss"] for r in rows if r["event"] == "train"}  # noqa: E731
+    a, b = loss(metrics(tmp_path / "full")), loss(metrics(tmp_path / "part"))
+    assert sorted(b) == list(range(1, 9))
+    for s in range(5, 9):
+        assert b[s] == pytest.approx(a[s], rel=1e-5, abs=1e-6), (s, a, b)
+
+
+def test_pause_resume_stop_are_cooperative(tmp_path):
+    seen: list[ev.Event] = []
+    started = threading.Event()
+
+    def listen(e):
+        seen.append(e)
+        if isinstance(e, ev.StepMetrics):
+            started.set()
+
+    tr = _trainer(tmp_path, listeners=(listen,), **{"train.steps": 10_000, "train.ckpt_every": 0})
+    th = threading.Thread(target=tr.run)
+    th.start()
+    assert started.wait(60)
+    tr.pause()
+    time.sleep(0.3)
+    n = len([e for e in seen if isinstance(e, ev.StepMetrics)])
+    time.sleep(0.6)
+    assert len([e for e in seen if isinstance(e, ev.StepMetrics)]) <= n + 1  # at most the step in flight
+    assert any(isinstance(e, ev.StatusChanged) and e.status == "paused" for e in seen)
+    tr.resume()
+    t = time.time()
+    while len([e for e in seen if isinstance(e, ev.StepMetrics)]) <= n + 1 and time.time() - t < 30:
+        time.sleep(0.05)
+    tr.stop()
+    th.join(60)
+    assert not th.is_alive()
+    fin = seen[-1]
+    assert isinstance(fin, ev.Finished) and fin.status == "stopped"
+    ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert ck["step"] == fin.step
+
+
+def test_live_change_applies_at_next_step_and_is_logged(tmp_path):
+    seen = []
+    tr = _trainer(tmp_path, listeners=(seen.append,), **{"train.steps": 6})
+
+    def on(e):
+        if isinstance(e, ev.StepMetrics) and e.step == 2:
+            tr.set_param("params.temperature", 0.2)
+            tr.set_param("optim.lr", 5e-4)
+
+    tr.subscribe(on)
+    tr.run()
+    changes = [e for e in seen if isinstance(e, ev.LiveChange)]
+    assert [(c.key, c.new, c.step) for c in changes] == [("params.temperature", 0.2, 2), ("optim.lr", 5e-4, 2)]
+    assert tr.method.p.temperature == 0.2
+    lrs = {e.step: e.lr for e in seen if isinstance(e, ev.StepMetrics)}
+    from engine.optim import cosine_schedule
+
+    shape = cosine_schedule(1.0, 0.0, 6)  # the LR's shape; the live change rescales its peak
+    assert lrs[2] == pytest.approx(1e-3 * shape[1]) and lrs[3] == pytest.approx(5e-4 * shape[2])
+    logged = [r for r in metrics(tmp_path / "r") if r["event"] == "live_change"]
+    assert len(logged) == 2 and "live_change" in (tmp_path / "r" / "events.log").read_text()
+
+
+def test_invalid_live_change_is_refused(tmp_path):
+    tr = _trainer(tmp_path)
+    with pytest.raises(ConfigError, match="cannot change during a run"):
+        tr.set_param("params.proj_out", 64)
+    with pytest.raises(ConfigError, match="params.temperature"):
+        tr.set_param("params.temperature", -1.0)
+
+
+def test_nan_loss_ends_with_error_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from engine.methods.simclr import SimCLR
+
+    orig = SimCLR.training_step
+
+    def poisoned(self, batch, step):
+        out = orig(self, batch, step)
+        if step >= 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(SimCLR, "training_step", poisoned)
+    seen = []
+    tr = _trainer(tmp_path, listeners=(seen.append,), **{"train.steps": 8, "train.ckpt_every": 2})
+    with pytest.raises(TrainingError, match="lower optim.lr"):
+        tr.run()
+    errs = [e for e in seen if isinstance(e, ev.Error)]
+    assert len(errs) == 1 and "nan" in errs[0].message.lower()
+    assert isinstance(seen[-1], ev.Finished) and seen[-1].status == "failed"
+    ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert ck["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_schedules_warmup_then_cosine(tmp_path):
+    seen = []
+    _trainer(tmp_path, listeners=(seen.append,),
+             **{"train.steps": 16, "optim.warmup_epochs": 1.0, "optim.min_lr": 1e-5}).run()
+    lrs = [e.lr for e in seen if isinstance(e, ev.StepMetrics)]
+    peak = max(lrs)
+    assert lrs[0] == 0.0 and lrs.index(peak) == 8  # 8 steps per epoch of warmup
+    assert peak == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[8:], lrs[9:]))
+    assert lrs[-1] > 1e-5 - 1e-12
