@@ -50,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="FILE.png",
                    help="save a picture of the window (after the run with --run, else once it is shown)")
     p.add_argument("--quit", action="store_true", help="exit after the run (--run) or the screenshot")
+    p.add_argument("--size", metavar="WxH", help="window size, e.g. 1600x1000 (default: the last session's; "
+                                                 "1500x940 with --screenshot)")
     p.add_argument("--theme", choices=("system", "dark", "light"), default="system", help="colour scheme")
     p.add_argument("--settings", metavar="FILE.ini", help="window settings file (default: the user's QSettings)")
     return p
@@ -117,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         win.deleteLater()
         return 2
 
+    size = args.size or ("1500x940" if args.screenshot else None)
+    if size:
+        try:
+            w, h = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            print(f"error: --size must look like 1600x1000, got {size!r}", file=sys.stderr)
+            return 2
+        win.resize(w, h)
     win.show()
     state = {"rc": 0}
 

@@ -248,6 +248,13 @@ class DataPage(QWidget):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self.refresh_preview)
+        self._reload = QTimer(self)
+        self._reload.setSingleShot(True)
+        self._reload.setInterval(3 * DEBOUNCE_MS)
+        self._reload.timeout.connect(self._reload_if_needed)
+        self._attempted_key: dict | None = None
+        self._stale = False
+        self._old_loaders: list[DataLoader] = []
         self._build_ui()
 
     # ------------------------------------------------------------------ UI
@@ -400,6 +407,12 @@ class DataPage(QWidget):
         key = (aug, cfg.method)
         if self.splits is not None and key != self._preview_aug:
             self._debounce.start()
+        # the setup names another dataset: reload it (now when the page is visible, else when shown)
+        if self.splits is not None and cfg.data.model_dump(mode="json") != self._attempted_key:
+            if self.isVisible():
+                self._reload.start()
+            else:
+                self._stale = True
 
     def load(self, source: str | None = None) -> None:
         """Load the dataset of the current setup (``source`` replaces data.source) in the background."""
@@ -417,13 +430,19 @@ class DataPage(QWidget):
             self._set_status(f"Loaded {self.splits.name}.")
             return
         if self.loader is not None and self.loader.isRunning():
-            self.loader.done.disconnect()
-            self.loader.wait()
+            self.loader.done.disconnect()  # superseded: let it finish, ignore its result
+            self._old_loaders.append(self.loader)
+        self._attempted_key = data_cfg.model_dump(mode="json")
+        self._stale = False
         self._set_status(f"Loading {data_cfg.source} …")
         self.load_btn.setEnabled(False)
         self.loader = DataLoader(data_cfg)
         self.loader.done.connect(self._loaded)
         self.loader.start()
+
+    def _reload_if_needed(self) -> None:
+        if self.cfg is not None and self.cfg.data.model_dump(mode="json") != self._attempted_key:
+            self.load()
 
     def is_loading(self) -> bool:
         return self.loader is not None and self.loader.isRunning()
@@ -437,9 +456,11 @@ class DataPage(QWidget):
     def shutdown(self) -> None:
         """Wait for the background threads (window closing)."""
         self._debounce.stop()
-        for t in (self.loader, self.preview_job):
+        self._reload.stop()
+        for t in (self.loader, self.preview_job, *self._old_loaders):
             if t is not None and t.isRunning():
                 t.wait()
+        self._old_loaders.clear()
 
     # ---------------------------------------------------------- internals
     def _set_status(self, text: str, error: bool = False) -> None:
@@ -554,7 +575,7 @@ class DataPage(QWidget):
 
     def showEvent(self, event) -> None:  # noqa: N802 - load lazily on first show
         super().showEvent(event)
-        if self.splits is None and not self.is_loading() and self.cfg is not None:
+        if (self.splits is None or self._stale) and not self.is_loading() and self.cfg is not None:
             self.load()
 
     def sizeHint(self) -> QSize:  # noqa: N802

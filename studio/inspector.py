@@ -50,7 +50,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMenu,
-    QPushButton,
     QScrollArea,
     QSizePolicy,
     QToolButton,
@@ -328,7 +327,7 @@ class LineEditor(FieldEditor):
     def __init__(self, spec: FieldSpec, parent: QWidget | None = None) -> None:
         super().__init__(spec, parent)
         self.edit = QLineEdit()
-        self.edit.setMinimumWidth(70)
+        self.edit.setMinimumWidth(56)
         if spec.kind in ("int", "float"):
             self.edit.setAlignment(Qt.AlignmentFlag.AlignRight)
         if spec.kind == "perview":
@@ -680,7 +679,7 @@ class ParameterInspector(QWidget):
         lay.addWidget(self.banner)
         lay.addWidget(self.scroll, 1)
         lay.addWidget(self.legend)
-        self.setMinimumWidth(300)
+        self.setMinimumWidth(330)
 
     def _update_legend(self) -> None:
         live = theme.pick(theme.LIVE_COLOR).name()
@@ -723,7 +722,7 @@ class ParameterInspector(QWidget):
             fm = QFontMetrics(bold)
             width = max((fm.horizontalAdvance(r.spec.label) for r in self._rows.values()), default=80) + 8
             for sec in self._sections.values():
-                sec.grid.setColumnMinimumWidth(1, min(width, 220))
+                sec.grid.setColumnMinimumWidth(1, min(width, 170))
         finally:
             self.scroll.setUpdatesEnabled(True)
         self._apply_row_states()
@@ -987,6 +986,8 @@ class ParameterInspector(QWidget):
         params = cls.Params().model_dump(mode="json")
         self._values["method"] = name
         self._values["params"] = params
+        self._preset = None  # a preset names its method: it no longer describes the setup
+        self.preset_combo.setCurrentIndex(0)
         self._baseline["method"] = name
         self._baseline["params"] = copy.deepcopy(params)
         self._parse_errors = {k: v for k, v in self._parse_errors.items() if not k.startswith("params.")}
@@ -1092,8 +1093,18 @@ class ParameterInspector(QWidget):
             self._apply_row_states()
 
 
+_MARKS: dict[bool, dict[tuple[bool, bool], QPixmap]] = {}
+
+
 def _marker_pixmaps() -> dict[tuple[bool, bool], QPixmap]:
-    """(changed, live) -> the marker picture: an orange dot and / or a lightning bolt."""
+    """(changed, live) -> the marker picture: an orange dot and / or a lightning bolt (cached per scheme)."""
+    cached = _MARKS.get(theme.is_dark())
+    if cached is None:
+        cached = _MARKS[theme.is_dark()] = _draw_markers()
+    return cached
+
+
+def _draw_markers() -> dict[tuple[bool, bool], QPixmap]:
     dot = theme.dot_icon(theme.pick(theme.CHANGED_COLOR), 10).pixmap(10, 10)
     bolt = theme.live_icon(14).pixmap(14, 14)
     out = {}

@@ -324,6 +324,8 @@ class MainWindow(QMainWindow):
         state = self.settings.value("window/state")
         if isinstance(state, QByteArray) and not state.isEmpty():
             self.restoreState(state)
+        else:  # first start: room for the form's values
+            self.resizeDocks([self.library_dock, self.inspector_dock], [250, 420], Qt.Orientation.Horizontal)
         sizes = self.settings.value("window/splitter")
         if isinstance(sizes, QByteArray) and not sizes.isEmpty():
             self.splitter.restoreState(sizes)

@@ -52,7 +52,18 @@ SHAPE_CLASSES: list[str] = [
 ]
 
 _CHUNK = 64  # images rendered at once (fixed: part of the deterministic recipe; cache-friendly)
-_N_DISTRACTORS = 4  # distractor slots per image, each active with p = 0.5
+_N_DISTRACTORS = 4  # distractor slots per image, each active with p = DISTRACTOR_P
+
+# Difficulty knobs (module constants; changing them changes the dataset). Measured
+# at 32 px, 4,000 train images: a small supervised CNN reaches 64% test accuracy
+# after 6 epochs with these values (83% on flat backgrounds without clutter, 51%
+# with BG_CONTRAST=1, DISTRACTOR_P=0.5, RADIUS=(0.19, 0.36)), while a random-init
+# ResNet-18's kNN stays near chance (~13% at 64 px).
+BG_CONTRAST = 0.5  # largest per-channel difference between the two background colours
+RADIUS = (0.22, 0.40)  # range of the shape's circumradius, as a fraction of the image side
+DISTRACTOR_P = 0.3  # probability of each distractor slot (with clutter)
+NOISE_STD = 0.05  # largest sensor-noise standard deviation (with clutter), in [0, 1] units
+MIN_CONTRAST = 0.25  # least luminance difference between the shape and the mean background
 _N_BG_TYPES = 5  # gradient, stripes, noise, checker, rings
 
 
@@ -223,7 +234,8 @@ def _background(
     """Textured backgrounds [B, 3, S, S] in [0, 1], and their mean colour [B, 3]."""
     u01 = lambda *shape: rng.random(shape, dtype=F32)  # noqa: E731
     bg_type = rng.integers(0, _N_BG_TYPES, B)
-    c1, c2 = u01(B, 3), u01(B, 3)
+    c1 = u01(B, 3)
+    c2 = np.clip(c1 + (u01(B, 3) * F32(2) - F32(1)) * F32(BG_CONTRAST), 0, 1)
     ang = u01(B) * F32(2 * math.pi)
     freq = F32(2.0) + u01(B) * F32(7.0)  # stripes / rings: cycles per image
     phase = u01(B) * F32(2 * math.pi)
@@ -317,10 +329,10 @@ def _render_chunk(
     tilt = u01(B, 2) * F32(0.5) - F32(0.25)
     dep = gx * _f(tilt[:, 0]) + gy * _f(tilt[:, 1]) + _f(plane0)  # [B, S, S]
 
-    _distractors(rng, img, gx, gy, 0.5 if clutter else 0.0)
+    _distractors(rng, img, gx, gy, DISTRACTOR_P if clutter else 0.0)
 
     # ---------------------------------------------------------- main shape
-    radius = F32(0.19) + u01(B) * F32(0.17)  # circumradius, fraction of the image side
+    radius = F32(RADIUS[0]) + u01(B) * F32(RADIUS[1] - RADIUS[0])  # circumradius / image side
     margin = radius * F32(0.75)
     cx = (u01(B) - F32(0.5)) * (F32(1) - 2 * margin)
     cy = (u01(B) - F32(0.5)) * (F32(1) - 2 * margin)
@@ -335,7 +347,7 @@ def _render_chunk(
     # keep the shape visible: push its colour away from the background's mean luminance
     lum = np.array([0.299, 0.587, 0.114], dtype=F32)
     bg_lum = bg_mean @ lum
-    weak = np.abs(fg @ lum - bg_lum) < 0.25
+    weak = np.abs(fg @ lum - bg_lum) < MIN_CONTRAST
     darken = weak & (bg_lum > 0.5)
     lighten = weak & ~(bg_lum > 0.5)
     fg[darken] *= F32(0.3)
@@ -364,7 +376,7 @@ def _render_chunk(
 
     # ---------------------------------------------------------- sensor noise
     if clutter:
-        amp = u01(B) * F32(0.05 * math.sqrt(12.0))  # uniform noise, std up to 0.05
+        amp = u01(B) * F32(NOISE_STD * math.sqrt(12.0))  # uniform noise, std up to NOISE_STD
         noise = rng.random((B, 3, S, S), dtype=F32) - F32(0.5)
         img += noise * _f(amp)[:, None]
 

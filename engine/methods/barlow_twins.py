@@ -25,6 +25,7 @@ import torch
 from pydantic import Field
 
 from ..components import MLPHead, build_backbone
+from ..errors import ConfigError
 from ..losses.barlow import BarlowTwinsLoss
 from ..probes import attention_probe
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
@@ -46,7 +47,7 @@ class BarlowTwinsParams(Params):
 
 class BarlowTwins(Method):
     name = "barlow_twins"
-    family = "self-distillation"
+    family = "contrastive"  # across dimensions, not samples (Garrido et al. 2023: dimension-contrastive)
     paper = "Zbontar et al., Barlow Twins: Self-Supervised Learning via Redundancy Reduction, ICML 2021"
     summary = (
         "The cross-correlation of two views' batch-normalised embeddings is pushed towards\n"
@@ -58,6 +59,8 @@ class BarlowTwins(Method):
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
         p = self.p
+        if cfg.aug.global_crops.count < 2:
+            raise ConfigError("Barlow Twins compares two views: set aug.global_crops.count to 2")
         self.backbone = build_backbone(cfg.model, image_size)
         # Linear(no bias)-BN-ReLU x (layers - 1), then Linear(no bias): the official projector
         self.projector = MLPHead(self.backbone.out_dim, p.proj_hidden, p.proj_out, n_layers=p.proj_layers,

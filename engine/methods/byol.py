@@ -31,6 +31,7 @@ from pydantic import Field
 
 from ..components import MLPHead, build_backbone
 from ..components.momentum import ema_update, make_teacher, momentum_at
+from ..errors import ConfigError
 from ..losses.byol import normalized_mse
 from ..probes import attention_probe
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
@@ -63,6 +64,8 @@ class BYOL(Method):
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
         p = self.p
+        if cfg.aug.global_crops.count < 2:
+            raise ConfigError("BYOL compares two views: set aug.global_crops.count to 2")
         # online network: encoder f, projector g, predictor q
         self.backbone = build_backbone(cfg.model, image_size)
         self.projector = MLPHead(self.backbone.out_dim, p.proj_hidden, p.proj_out)

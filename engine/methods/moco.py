@@ -57,7 +57,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are computed over ``splits`` groups of the batch.
 
     Emulates BN on ``splits`` devices without SyncBN: image ``i`` is normalised with the
-    statistics of the images ``j`` with ``j % s == i % s``, where ``s = gcd(N, splits)``. The
+    statistics of the images ``j`` with ``j % s == i % s``, where ``s = gcd(N, splits)`` (fewer
+    groups if a group would hold a single value per channel, e.g. 1x1 maps of tiny batches). The
     running statistics are the mean over the groups. In eval mode this is a plain BatchNorm2d
     (same parameters and buffers, so ``state_dict`` keys do not change).
     """
@@ -65,10 +66,12 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     splits: int = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = math.gcd(x.shape[0], self.splits)
+        n, c, h, w = x.shape
+        s = math.gcd(n, self.splits)
+        while s > 1 and (n // s) * h * w < 2:  # BN needs two values per channel and group
+            s = math.gcd(n, s // 2)
         if not self.training or s == 1:
             return super().forward(x)
-        n, c, h, w = x.shape
         # [N, C, H, W] -> [N/s, s*C, H, W]: image i's channel ch becomes channel (i % s) * C + ch
         mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)  # [s*C]
         self.num_batches_tracked.add_(1)

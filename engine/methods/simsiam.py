@@ -21,6 +21,11 @@ Paper defaults kept here (ImageNet):
                      blur p 0.5
     CIFAR-10         ResNet-18 (CIFAR stem), 2-layer projector, lr 0.03 x B / 256, wd 5e-4,
                      batch 512, 800 epochs (appendix)
+
+Ablation switches: ``predictor``, ``stop_gradient`` (section 4.1) and ``proj_last_bn``
+(table 4). With the output BN a collapsing network cannot reach a constant output and
+collapses to rank ~1 instead (RankMe -> 1, the std indicator falls slowly); without it the
+std of the normalised outputs drops to ~0 within a few dozen steps.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..components import MLPHead, build_backbone
+from ..errors import ConfigError
 from ..losses.byol import negative_cosine
 from ..probes import attention_probe
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
@@ -39,6 +45,9 @@ class SimSiamParams(Params):
     proj_layers: int = Field(3, ge=1, le=4, description="Projector depth (3 on ImageNet, 2 on CIFAR).")
     proj_hidden: int = Field(2048, ge=16, le=16384, description="Projector hidden width (2048).")
     proj_out: int = Field(2048, ge=8, le=16384, description="Projection dimension d (2048).")
+    proj_last_bn: bool = Field(
+        True, description="BatchNorm (no affine) on the projector output (paper; off: the table 4 ablation)."
+    )
     pred_hidden: int = Field(512, ge=8, le=16384, description="Predictor bottleneck width (512 = d / 4).")
     fix_pred_lr: bool = Field(
         True, description="Keep the predictor's learning rate at the peak while the rest follows the schedule."
@@ -65,10 +74,12 @@ class SimSiam(Method):
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
         p = self.p
+        if cfg.aug.global_crops.count < 2:
+            raise ConfigError("SimSiam compares two views: set aug.global_crops.count to 2")
         self.backbone = build_backbone(cfg.model, image_size)
         # projector: Linear-BN-ReLU x (layers - 1), then Linear-BN without affine (official code)
         self.projector = MLPHead(self.backbone.out_dim, p.proj_hidden, p.proj_out, n_layers=p.proj_layers,
-                                 last_bn=True, last_bn_affine=False)
+                                 last_bn=p.proj_last_bn, last_bn_affine=False)
         # predictor: bottleneck d -> d/4 (BN, ReLU) -> d, plain Linear output
         self.predictor = MLPHead(p.proj_out, p.pred_hidden, p.proj_out) if p.predictor else None
 
@@ -104,7 +115,8 @@ class SimSiam(Method):
                 Block("aug", "augment x2", "augment",
                       ["aug.global_crops.size", "aug.global_crops.scale", "aug.jitter_p", "aug.gray_p", "aug.blur_p"]),
                 Block("encoder", "encoder f (shared)", "encoder", ["model.arch", "model.cifar_stem"]),
-                Block("projector", "projector", "head", ["params.proj_layers", "params.proj_hidden", "params.proj_out"],
+                Block("projector", "projector", "head", ["params.proj_layers", "params.proj_hidden", "params.proj_out",
+                                                          "params.proj_last_bn"],
                       note="BN on every layer, output BN without affine"),
                 Block("predictor", "predictor h", "head", ["params.predictor", "params.pred_hidden", "params.fix_pred_lr"],
                       note="bottleneck d -> d/4 -> d"),

@@ -236,6 +236,12 @@ def test_presets_and_yaml_round_trip(make_window, tmp_path):
     insp._open_clicked()
     assert win.dialogs.errors and "optim.lr" in win.dialogs.errors[-1][1]
     assert insp.value("optim.lr") == 0.005  # nothing changed
+    # a preset names its method: choosing another method leaves the preset
+    insp.load_preset("quick_cpu")
+    other = next(m for m in win.library.methods() if m != "simclr")
+    win.library.select(other)
+    assert insp.method() == other and insp.current_preset() is None
+    assert insp.preset_combo.currentIndex() == 0
 
 
 # ------------------------------------------------------------------------------ runs
