@@ -19,7 +19,7 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(VENV)/bin/ssl-train --preset quick_cpu --data shapes --out runs/quick --overwrite --device cpu
+	$(VENV)/bin/ssl-studio --preset quick_cpu --data shapes
 
 test: $(VENV)/.installed-test
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider

@@ -6,13 +6,43 @@ Each probe returns ``{'images': {name: array}, 'meta': {...}}``; the trainer tur
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import events as ev
 from .augment import resize_normalize
+
+PROBES_DIR = "probes"  # RUNDIR/probes/probe-<name>-<step>.npz (format: studio/dashboard/snapshots.py)
+
+
+def probe_filename(name: str, step: int) -> str:
+    return f"probe-{name}-{int(step)}.npz"
+
+
+def save_probe(run_dir: str | os.PathLike, probe: ev.VisualProbe) -> Path:
+    """Write one probe snapshot atomically (temporary file, then rename); returns its path."""
+    d = Path(run_dir) / PROBES_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    target = d / probe_filename(probe.probe, probe.step)
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in probe.images.items()}
+    arrays["__meta__"] = np.array(json.dumps(probe.meta, default=str))
+    arrays["__time__"] = np.array(float(probe.time))
+    fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
 
 
 def to_hwc_uint8(x: torch.Tensor) -> np.ndarray:

@@ -38,6 +38,7 @@ from .methods.base import Batch, Method
 from .evaluation import knn_evaluate
 from .monitors import collapse_indicators
 from .optim import build_optimizer, cosine_schedule, peak_lr, set_lr_wd, warmup_steps
+from .probes import save_probe
 from .rundir import RunDir, prepare_run_dir
 
 
@@ -461,7 +462,9 @@ class Trainer:
         finally:
             method.train(was)
         for name, res in results.items():
-            self._emit(ev.VisualProbe(self.step, probe=name, images=res.get("images", {}), meta=res.get("meta", {})))
+            probe = ev.VisualProbe(self.step, probe=name, images=res.get("images", {}), meta=res.get("meta", {}))
+            save_probe(self.run_path, probe)  # RUNDIR/probes/: the studio's step slider and reopened runs
+            self._emit(probe)
 
 
 def _device_name(dev: torch.device) -> str:

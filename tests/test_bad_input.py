@@ -170,7 +170,7 @@ def test_tar_of_16bit_and_palette_images(tmp_path, capsys):
         for c in ("a", "b"):
             for i in range(10):
                 arr = (np.random.default_rng(i).random((36, 36)) * 65535).astype("uint16")
-                im = Image.fromarray(arr, mode="I;16") if i % 2 else Image.fromarray((arr >> 8).astype("uint8")).convert("P")
+                im = Image.fromarray(arr) if i % 2 else Image.fromarray((arr >> 8).astype("uint8")).convert("P")
                 b = io.BytesIO()
                 im.save(b, format="PNG")
                 info = tarfile.TarInfo(f"ds/{c}/{i}.png")

@@ -131,7 +131,7 @@ def test_trains_through_the_trainer(bt_run) -> None:
     steps = check_run(seen)
     first, last = steps[0].scalars, steps[-1].scalars
     assert {"loss_on_diag", "loss_off_diag"} <= set(last)
-    assert steps[-1].loss < 0.5 * steps[0].loss  # C moves towards the identity
+    assert steps[-1].loss < 0.7 * steps[0].loss  # C moves towards the identity
     assert last["loss_on_diag"] < first["loss_on_diag"]
     ind = final_eval(seen).indicators
     assert ind["std"] > 0.5 * ind["std_ref"]

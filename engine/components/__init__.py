@@ -1,6 +1,8 @@
-"""Shared building blocks of the methods: backbones and heads.
+"""Shared building blocks of the methods: backbones, heads, momentum encoder, queue,
+Sinkhorn-Knopp, DINO head, centering. Each lives in one file and is reused by every method.
 
-Losses live in :mod:`engine.losses`; evaluation monitors in :mod:`engine.monitors`.
+Losses live in :mod:`engine.losses`; augmentation (incl. multi-crop) in :mod:`engine.augment`;
+masking in :mod:`engine.masking`; evaluation monitors in :mod:`engine.monitors`.
 """
 
 from .backbones import (
@@ -11,15 +13,15 @@ from .backbones import (
     param_count,
     resolve_cifar_stem,
 )
+from .centering import Centering, teacher_temp_at, teacher_temp_schedule
+from .dino_head import DINOHead
 from .heads import MLPHead, mlp
+from .momentum import ema_update, make_teacher, momentum_at
+from .queue import FeatureQueue
+from .sinkhorn import sinkhorn
 
 __all__ = [
-    "MLPHead",
-    "ResNetBackbone",
-    "ViTBackbone",
-    "ViTBackboneMixin",
-    "build_backbone",
-    "mlp",
-    "param_count",
-    "resolve_cifar_stem",
+    "Centering", "DINOHead", "FeatureQueue", "MLPHead", "ResNetBackbone", "ViTBackbone",
+    "ViTBackboneMixin", "build_backbone", "ema_update", "make_teacher", "mlp", "momentum_at",
+    "param_count", "resolve_cifar_stem", "sinkhorn", "teacher_temp_at", "teacher_temp_schedule",
 ]

@@ -27,43 +27,8 @@ from .embedding import EmbeddingView
 from .images import AttentionView, ProbeGridView
 from .snapshots import replay_events
 
-__all__ = ["Dashboard", "guard_bool_refcounts"]  # see guard_bool_refcounts: PySide6 6.12.0 bug
+__all__ = ["Dashboard"]
 
-
-def guard_bool_refcounts() -> bool:
-    """Work around PySide6 6.12.0 on CPython < 3.12: its bindings return ``None`` (every
-    void method: setText, QTimer.start, pyqtgraph's calls...) and ``True`` (``Signal.emit``)
-    without a new reference, as if they were immortal (they are only from CPython 3.12 on).
-    Each call drops one reference and the process dies with "Fatal Python error:
-    none_dealloc / bool_dealloc" after some thousands of calls - within a minute of a live
-    dashboard. Giving None, True and False a reserve of 2**40 references makes them as good as
-    immortal. Only applied for PySide6 >= 6.12 on CPython < 3.12 (6.11.3 is not affected);
-    the real fix is ``PySide6<6.12`` or Python >= 3.12. Idempotent; True when applied."""
-    import sys
-
-    if sys.version_info >= (3, 12) or sys.implementation.name != "cpython":
-        return False
-    try:
-        import PySide6
-
-        major, minor = (int(x) for x in PySide6.__version__.split(".")[:2])
-    except (ImportError, ValueError):
-        return False
-    if (major, minor) < (6, 12):
-        return False
-    import ctypes
-
-    reserve = 1 << 40
-    added = False
-    for obj in (None, True, False):
-        ref = ctypes.c_ssize_t.from_address(id(obj))  # ob_refcnt, the first field of PyObject
-        if ref.value < reserve:
-            ref.value += reserve
-            added = True
-    return added
-
-
-guard_bool_refcounts()
 
 # indicator keys drawn by the fixed plots; any other indicator gets its own plot
 _KNOWN_INDICATORS = ("std", "std_ref", "rank_me", "alignment", "uniformity", "teacher_entropy",

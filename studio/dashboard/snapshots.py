@@ -32,12 +32,9 @@ import numpy as np
 
 from engine import events as ev
 
-PROBES_DIR = "probes"
+from engine.probes import PROBES_DIR, probe_filename, save_probe  # the writer lives in the engine
+
 _PROBE_RE = re.compile(r"^probe-(?P<name>.+)-(?P<step>\d+)\.npz$")
-
-
-def probe_filename(name: str, step: int) -> str:
-    return f"probe-{name}-{int(step)}.npz"
 
 
 def parse_probe_filename(filename: str) -> tuple[str, int] | None:
@@ -46,25 +43,6 @@ def parse_probe_filename(filename: str) -> tuple[str, int] | None:
     if not m:
         return None
     return m.group("name"), int(m.group("step"))
-
-
-def save_probe(run_dir: str | os.PathLike, probe: ev.VisualProbe) -> Path:
-    """Reference writer of the format above (atomic). The engine may use its own equivalent."""
-    d = Path(run_dir) / PROBES_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    target = d / probe_filename(probe.probe, probe.step)
-    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in probe.images.items()}
-    arrays["__meta__"] = np.array(json.dumps(probe.meta, default=str))
-    arrays["__time__"] = np.array(float(probe.time))
-    fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def read_probe_file(path: str | os.PathLike) -> ev.VisualProbe | None:
