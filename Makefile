@@ -21,8 +21,11 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 run: $(VENV)/.installed
 	$(VENV)/bin/ssl-studio --preset quick_cpu --data shapes
 
+# Two pytest workers (pytest-xdist), one torch thread each: the suite is mostly short CPU training.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed-test
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 
 # Benchmarks (JSON in bench/results/, device named). Installs the bench extra (lightly 1.6.0, the anchor).
 bench: $(VENV)/.installed
