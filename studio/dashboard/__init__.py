@@ -51,11 +51,29 @@ class _Line:
         if self.buf.version == self.seen:
             return False
         self.seen = self.buf.version
-        self.item.setData(self.buf.x, self.buf.y, connect="finite")
+        y = self.buf.y
+        self.item.setData(self.buf.x, y, connect="finite")
+        _fit_flat(self.item.getViewBox(), y)
         return True
 
     def view_box(self) -> pg.ViewBox:
         return self.item.getViewBox()
+
+
+def _fit_flat(vb: pg.ViewBox | None, y: np.ndarray) -> None:
+    """A constant series (e.g. a fixed weight decay) gets a y range around its value instead of
+    pyqtgraph's +-0.5 around it (which made 1e-4 read as 'between -400 and 400 x 0.001')."""
+    if vb is None:
+        return
+    y = y[np.isfinite(y)]
+    if y.size == 0:
+        return
+    lo, hi = float(y.min()), float(y.max())
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1e-30):
+        half = abs(lo) * 0.5 if lo != 0 else 1.0
+        vb.setYRange(lo - half, lo + half, padding=0)
+    elif not vb.autoRangeEnabled()[1]:
+        vb.enableAutoRange(axis="y")
 
 
 def _fmt(v: Any) -> str:

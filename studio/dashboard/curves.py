@@ -166,7 +166,7 @@ def collapse_message(indicators: Mapping[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------- widgets
 
 import pyqtgraph as pg  # noqa: E402
-from PySide6 import QtCore, QtGui  # noqa: E402
+from PySide6 import QtCore, QtGui, QtWidgets  # noqa: E402
 
 PALETTE = [  # matplotlib tab10
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -175,10 +175,11 @@ PALETTE = [  # matplotlib tab10
 
 
 def make_plot(title: str, y_label: str = "", x_label: str = "step") -> pg.PlotWidget:
-    w = pg.PlotWidget(background="w")
+    dark = is_dark()
+    w = pg.PlotWidget(background="#1f2023" if dark else "w")
     w.setMinimumHeight(170)
     pi = w.getPlotItem()
-    pi.setTitle(title, color="#222", size="10pt")
+    pi.setTitle(title, color="#ddd" if dark else "#222", size="10pt")
     # horizontal grid only: in the raster paint engine the vertical grid lines cost as much
     # as the curves (measured: 95 -> 56 ms per redraw of the training tab)
     pi.showGrid(x=False, y=True, alpha=0.25)
@@ -189,9 +190,17 @@ def make_plot(title: str, y_label: str = "", x_label: str = "step") -> pg.PlotWi
     pi.setClipToView(True)
     pi.setDownsampling(auto=True, mode="peak")
     for ax in ("left", "bottom"):
-        pi.getAxis(ax).setTextPen("#333")
+        pi.getAxis(ax).setTextPen("#ccc" if dark else "#333")
         pi.getAxis(ax).setPen("#888")
     return w
+
+
+def is_dark() -> bool:
+    """True when the application's palette is dark (the studio's theme follows the system)."""
+    app = QtWidgets.QApplication.instance()
+    if app is None:
+        return False
+    return app.palette().color(QtGui.QPalette.ColorRole.Window).lightness() < 128
 
 
 def pen(i: int, width: float = 1.0, alpha: int = 255, style=None) -> QtGui.QPen:
