@@ -8,6 +8,7 @@ same path as the studio's worker pump. A 10 ms QTimer records its ticks; the lon
 between ticks is how long the GUI thread was blocked.
 
     python bench/studio_responsiveness.py --seconds 30
+    python bench/studio_responsiveness.py --seconds 30 --real quick_cpu   # a real CPU run
     {"max_gap_ms": ..., "p99_gap_ms": ..., "events": ..., "redraws": ..., ...}
 
 ``measure(seconds, feeder)`` is reusable: the feeder is any callable ``feeder(q, stop)`` that
@@ -91,8 +92,35 @@ def synthetic_feeder(step_interval_s: float = 0.001, eval_every_s: float = 1.0, 
     return feed
 
 
+def real_run_feeder(preset: str = "quick_cpu", run_dir: str | None = None, threads: int | None = None) -> Feeder:
+    """A real engine run on the CPU (the preset, until stopped) streaming into the queue, in a
+    background thread as in the studio: the GUI thread competes with the training thread for
+    the GIL and the cores."""
+
+    def feed(q: "queue.Queue[ev.Event]", stop: threading.Event) -> None:
+        import tempfile
+
+        import torch
+
+        from engine.config import validate_config
+        from engine.presets import load_preset
+        from engine.trainer import Trainer
+
+        if threads:
+            torch.set_num_threads(threads)
+        raw = load_preset(preset)
+        raw.setdefault("train", {}).update(time_limit_s=None, epochs=1000, device="cpu", probe_every_s=2.0,
+                                           eval_every=25)
+        out = run_dir or tempfile.mkdtemp(prefix="bench-studio-")
+        trainer = Trainer(validate_config(raw), Path(out) / "run", overwrite=True, listeners=(q.put,))
+        threading.Thread(target=lambda: (stop.wait(), trainer.stop()), daemon=True).start()
+        trainer.run()
+
+    return feed
+
+
 def measure(seconds: float, feeder: Feeder, dashboard: Any = None, tick_ms: int = 10,
-            drain_ms: int = 200) -> dict[str, Any]:
+            drain_ms: int = 200, join_timeout_s: float = 5.0) -> dict[str, Any]:
     """Run the event loop for ``seconds`` while ``feeder`` streams events; return the gaps."""
     from PySide6 import QtCore, QtWidgets
 
@@ -143,12 +171,14 @@ def measure(seconds: float, feeder: Feeder, dashboard: Any = None, tick_ms: int 
     tick.stop()
     pump.stop()
     stop.set()
-    thread.join(timeout=5)
+    thread.join(timeout=join_timeout_s)  # a real run stops after its current step
     app.processEvents()
 
     gaps = np.diff(np.asarray(ticks)) * 1000 if len(ticks) > 1 else np.zeros(1)
     return {
         "max_gap_ms": round(float(gaps.max()), 2),
+        "max_gap_at_s": round(float(ticks[int(np.argmax(gaps)) + 1] - t0), 2) if len(ticks) > 1 else 0.0,
+        "gaps_over_100ms": int((gaps > 100).sum()),
         "p99_gap_ms": round(float(np.percentile(gaps, 99)), 2),
         "median_gap_ms": round(float(np.median(gaps)), 2),
         "events": counts["events"],
@@ -166,11 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--step-ms", type=float, default=1.0, help="synthetic StepMetrics interval")
+    ap.add_argument("--real", metavar="PRESET", help="feed a real CPU training run of this preset "
+                    "(e.g. quick_cpu) instead of synthetic events")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    res = measure(args.seconds, synthetic_feeder(step_interval_s=args.step_ms / 1000))
+    feeder = real_run_feeder(args.real) if args.real else synthetic_feeder(step_interval_s=args.step_ms / 1000)
+    res = measure(args.seconds, feeder, join_timeout_s=120.0 if args.real else 5.0)
+    res["feeder"] = f"real run: {args.real}" if args.real else f"synthetic, a step every {args.step_ms} ms"
     from PySide6 import __version__ as pyside_version
     import pyqtgraph
 

@@ -233,6 +233,84 @@ def _build_vit(arch: str, cfg: ModelConfig, image_size: int) -> nn.Module:
     return model
 
 
+# ======================================================================= Swin
+# short names -> timm configs (image size and window are set by _build_swin)
+_SWIN_ALIASES: dict[str, str] = {
+    "swin_tiny": "swin_tiny_patch4_window7_224",    # C=96,  depths (2, 2, 6, 2)
+    "swin_small": "swin_small_patch4_window7_224",  # C=96,  depths (2, 2, 18, 2)
+    "swin_base": "swin_base_patch4_window7_224",    # C=128, depths (2, 2, 18, 2)
+    "swin_large": "swin_large_patch4_window7_224",  # C=192, depths (2, 2, 18, 2)
+}
+
+
+class SwinBackboneMixin:
+    """Attributes and methods added to a timm Swin Transformer (Liu et al. 2021).
+
+    No parameters are added (``state_dict`` keys are timm's). Attributes: ``arch``,
+    ``timm_name``, ``out_dim`` (width of the last stage), ``patch_size`` (4 for ``patch4``
+    models; ``model.patch_size`` does not apply to Swin), ``stride`` (total downsampling of
+    the last stage: patch size x 2^(stages - 1), 32).
+
+    * ``forward(x)`` (timm's, ``num_classes=0``): ``[B, 3, H, W]`` -> ``[B, out_dim]``, the
+      average of the last stage's tokens after the final norm;
+    * ``forward_features(x)`` (timm's): ``[B, H / stride, W / stride, out_dim]`` (NHWC);
+    * ``patch_embed(x)`` (timm's): ``[B, H / p, W / p, C]`` (NHWC, patch norm applied);
+    * ``grid(h, w)``: patch grid ``(h / p, w / p)`` of the first stage.
+
+    Inputs must be ``img_size`` (timm's Swin checks it).
+    """
+
+    arch: str
+    timm_name: str
+    out_dim: int
+    patch_size: int
+    stride: int
+
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        return h // self.patch_size, w // self.patch_size
+
+
+_SWIN_CLASSES: dict[type, type] = {}
+
+
+def _swin_backbone_class(base: type) -> type:
+    cls = _SWIN_CLASSES.get(base)
+    if cls is None:
+        cls = type(f"SwinBackbone_{base.__name__}", (SwinBackboneMixin, base), {"__module__": __name__})
+        _SWIN_CLASSES[base] = cls
+    return cls
+
+
+def _build_swin(arch: str, cfg: ModelConfig, image_size: int) -> nn.Module:
+    """timm Swin Transformer for square ``image_size`` images (a multiple of 32).
+
+    Built with ``img_size=image_size, num_classes=0, drop_path_rate=cfg.drop_path,
+    pretrained=False``; the attention window is ``image_size / 32`` for images of 192 px and
+    more (6 at 192 px as in SimMIM, 7 at 224 px, 12 at 384 px) and timm's default otherwise
+    (timm shrinks windows larger than a stage's feature map to the map).
+    """
+    name = _SWIN_ALIASES.get(arch, arch)
+    if image_size % 32:
+        raise ConfigError(f"Swin needs an image size that is a multiple of 32 (got {image_size})")
+    kwargs: dict = dict(pretrained=False, img_size=image_size, num_classes=0, drop_path_rate=cfg.drop_path)
+    if image_size >= 192:
+        kwargs["window_size"] = image_size // 32
+    try:
+        model = timm.create_model(name, **kwargs)
+    except RuntimeError as e:  # timm: "Unknown model (...)"
+        raise ConfigError(f"model.arch '{arch}': {e}") from None
+    except TypeError as e:
+        raise ConfigError(f"model.arch '{arch}' cannot be built with these settings: {e}") from None
+    model.__class__ = _swin_backbone_class(type(model))
+    model.arch = arch
+    model.timm_name = name
+    model.out_dim = int(model.num_features)
+    ps = model.patch_embed.patch_size
+    model.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+    model.stride = int(model.feature_info[-1]["reduction"])
+    return model
+
+
 # ==================================================================== factory
 def resolve_cifar_stem(cfg: ModelConfig, image_size: int) -> bool:
     """The config's ``cifar_stem``; None means on for images of at most 64 px."""
@@ -251,6 +329,8 @@ def build_backbone(cfg: ModelConfig, image_size: int) -> nn.Module:
       dynamic_img_size=True`` (the last one is left out for the few timm classes that do
       not take it; those accept only ``image_size`` inputs). ``image_size`` must be a
       multiple of ``cfg.patch_size``.
+    * ``swin_tiny``, ``swin_small``, ``swin_base``, ``swin_large`` or a timm ``swin_*`` name:
+      timm's Swin Transformer (:func:`_build_swin`, :class:`SwinBackboneMixin`).
 
     Raises ConfigError for unknown names.
     """
@@ -263,9 +343,11 @@ def build_backbone(cfg: ModelConfig, image_size: int) -> nn.Module:
                 f"image size {image_size} is not a multiple of model.patch_size {cfg.patch_size}"
             )
         return _build_vit(arch, cfg, image_size)
+    if arch.lower().startswith("swin"):
+        return _build_swin(arch, cfg, image_size)
     raise ConfigError(
         f"unknown backbone '{cfg.arch}'; choose one of: {', '.join(_RESNETS)}, "
-        f"{', '.join(_VIT_ALIASES)} or a timm ViT name (vit_...)"
+        f"{', '.join(_VIT_ALIASES)}, a timm ViT name (vit_...) or a Swin ({', '.join(_SWIN_ALIASES)}, swin_...)"
     )
 
 
@@ -276,6 +358,7 @@ def param_count(module: nn.Module) -> int:
 
 __all__ = [
     "ResNetBackbone",
+    "SwinBackboneMixin",
     "ViTBackbone",
     "ViTBackboneMixin",
     "build_backbone",

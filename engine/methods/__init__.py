@@ -25,6 +25,10 @@ _REGISTRY: dict[str, str] = {
     "swav": "engine.methods.swav:SwAV",
     "dino": "engine.methods.dino:DINO",
     # masked image modelling
+    "mae": "engine.methods.mae:MAE",
+    "simmim": "engine.methods.simmim:SimMIM",
+    "beit": "engine.methods.beit:BEiT",
+    "multimae": "engine.methods.multimae:MultiMAE",
 }
 
 
