@@ -148,7 +148,11 @@ class OptimConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD / LARS momentum.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     lars_eta: float = Field(0.02, gt=0, le=1, description="LARS trust coefficient.")
-    clip_grad: float = Field(0.0, ge=0, description="Clip the global gradient norm (0: off).")
+    clip_grad: float = Field(0.0, ge=0, description="Clip the gradient norm to this value (0: off).")
+    clip_mode: Literal["global", "per_param"] = Field(
+        "global", description="global: one norm over all parameters; per_param: each parameter's "
+        "own norm (DINO's clip_gradients)."
+    )
     exclude_bias_norm: bool = Field(
         True, description="No weight decay (and no LARS adaptation) for biases and norm layers."
     )

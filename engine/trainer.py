@@ -379,8 +379,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             if self.cfg.optim.clip_grad > 0:
-                gn = torch.nn.utils.clip_grad_norm_(method.parameters(), self.cfg.optim.clip_grad)
-                out.scalars.setdefault("grad_norm", gn)
+                out.scalars.setdefault("grad_norm", clip_gradients(method, self.cfg.optim))
             opt.step()
             method.after_optimizer_step(step)
             self.step = step + 1
@@ -465,6 +464,20 @@ class Trainer:
             probe = ev.VisualProbe(self.step, probe=name, images=res.get("images", {}), meta=res.get("meta", {}))
             save_probe(self.run_path, probe)  # RUNDIR/probes/: the studio's step slider and reopened runs
             self._emit(probe)
+
+
+def clip_gradients(model: torch.nn.Module, o: OptimConfig) -> torch.Tensor:
+    """Clip to ``o.clip_grad``: the global norm, or each parameter's own norm (``per_param``, as
+    DINO's ``utils.clip_gradients``). Returns the global norm before clipping (a tensor: no sync)."""
+    if o.clip_mode == "global":
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)
+    factors = [torch.clamp(o.clip_grad / (n + 1e-6), max=1.0) for n in norms]
+    torch._foreach_mul_(grads, factors)
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def _device_name(dev: torch.device) -> str:

@@ -55,3 +55,32 @@ def test_each_optimizer_reduces_a_simple_loss(name):
         loss.backward()
         opt.step()
     assert loss.item() < first
+
+
+def test_gradient_clipping_global_and_per_parameter() -> None:
+    import torch
+
+    from engine.config import OptimConfig
+    from engine.trainer import clip_gradients
+
+    def model_with_grads():
+        m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+        for i, p in enumerate(m.parameters()):
+            p.grad = torch.full_like(p, 0.1 if i == 3 else 2.0)  # the last bias is already small
+        return m
+
+    m = model_with_grads()
+    norms = [p.grad.norm().item() for p in m.parameters()]
+    total = sum(n * n for n in norms) ** 0.5
+    gn = clip_gradients(m, OptimConfig(clip_grad=1.0, clip_mode="per_param"))
+    assert gn.item() == pytest.approx(total, rel=1e-5)  # logged: the norm before clipping
+    after = [p.grad.norm().item() for p in m.parameters()]
+    # each parameter clipped on its own (DINO): large ones to 1, the small one untouched
+    assert after[:3] == pytest.approx([1.0, 1.0, 1.0], rel=1e-4)
+    assert after[3] == pytest.approx(norms[3], rel=1e-6)
+
+    m = model_with_grads()
+    clip_gradients(m, OptimConfig(clip_grad=1.0, clip_mode="global"))
+    after = [p.grad.norm().item() for p in m.parameters()]
+    assert sum(a * a for a in after) ** 0.5 == pytest.approx(1.0, rel=1e-4)  # one norm over all
+    assert after[3] / after[0] == pytest.approx(norms[3] / norms[0], rel=1e-4)  # directions kept

@@ -21,7 +21,7 @@ Paper / official defaults kept here:
     crops            2 x 224 global (scale 0.4-1) + 8 x 96 local (scale 0.05-0.4)
                      (``aug.global_crops`` / ``aug.local_crops`` in the presets)
     optimiser        AdamW, lr 5e-4 x batch / 256, 10 warm-up epochs, cosine to 1e-6;
-                     weight decay 0.04 -> 0.4 (cosine), gradient clip 3.0 (presets)
+                     weight decay 0.04 -> 0.4 (cosine), gradient clip 3.0 per parameter (presets: optim.clip_mode=per_param)
 
 Monitors (section 5.3, fig. 7), per step: ``teacher_entropy`` (mean entropy of the
 teacher's distribution), ``entropy_ref`` (log K, the entropy of a uniform output) and
