@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", metavar="DIR", help="folder for run folders (default ~/ssl-studio-runs)")
     p.add_argument("--screenshot", metavar="FILE.png",
                    help="save a picture of the window (after the run with --run, else once it is shown)")
+    p.add_argument("--tab", metavar="NAME[,NAME]", help="show these tabs before the screenshot, e.g. "
+                   "'reconstructions' or 'attention' (case-insensitive prefixes of tab titles)")
     p.add_argument("--quit", action="store_true", help="exit after the run (--run) or the screenshot")
     p.add_argument("--size", metavar="WxH", help="window size, e.g. 1600x1000 (default: the last session's; "
                                                  "1500x940 with --screenshot)")
@@ -68,6 +70,29 @@ def make_settings(path: str | None = None) -> QSettings:
 
 def _is_config_path(target: str) -> bool:
     return Path(target).is_file() or target.endswith((".yaml", ".yml")) or os.sep in target
+
+
+def show_tabs(win, names: list[str]) -> list[str]:
+    """Select every tab (in any QTabWidget of ``win``) whose title starts with one of ``names``,
+    and the outer tabs that contain it; returns the titles selected."""
+    from PySide6.QtWidgets import QTabWidget
+
+    all_tabs = win.findChildren(QTabWidget)
+    chosen = []
+    for name in names:
+        key = name.strip().lower()
+        for tabs in all_tabs:
+            for i in range(tabs.count()):
+                if not tabs.tabText(i).replace("&", "").lower().startswith(key):
+                    continue
+                tabs.setCurrentIndex(i)
+                chosen.append(tabs.tabText(i))
+                for host in all_tabs:  # the outer tabs holding this tab widget
+                    for j in range(host.count()):
+                        page = host.widget(j)
+                        if page is not None and page.isAncestorOf(tabs):
+                            host.setCurrentIndex(j)
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def finish(code: int) -> None:
         state["rc"] = code
+        if args.tab:
+            show_tabs(win, [t for t in args.tab.split(",") if t.strip()])
+            app.processEvents()
         if args.screenshot:
             if not win.save_screenshot(args.screenshot):
                 print(f"error: cannot write the screenshot {args.screenshot}", file=sys.stderr)

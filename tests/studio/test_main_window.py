@@ -433,3 +433,17 @@ def test_scripted_mode_reports_a_failed_run(qtbot, tmp_path, tiny_cfg_dict, caps
     assert rc == 1
     assert "run failed" in err and "absent.tar.gz" in err
     assert app.main(["--run", "no_such_preset", "--quit", "--settings", str(tmp_path / "s.ini")]) == 2
+
+
+def test_show_tabs_selects_a_dashboard_tab_and_its_page(make_window):
+    from PySide6.QtWidgets import QTabWidget
+
+    from studio.app import show_tabs
+
+    win = make_window()
+    assert show_tabs(win, ["log"]) == ["Log"]  # an outer page first
+    chosen = show_tabs(win, ["attention"])
+    assert chosen == ["Attention"]
+    selected = [t.tabText(t.currentIndex()) for t in win.findChildren(QTabWidget)]
+    assert "Attention" in selected and "Dashboard" in selected  # the page holding it is shown too
+    assert show_tabs(win, ["no such tab"]) == []
