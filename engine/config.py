@@ -235,7 +235,12 @@ def _first_error(e: ValidationError, prefix: str = "") -> str:
 
 
 def validate_config(raw: dict[str, Any]) -> RunConfig:
-    """Validate a raw dict; raise ConfigError with one clear line on failure."""
+    """Validate a raw dict; raise ConfigError with one clear line on failure.
+
+    A top-level ``description`` string (as in the preset files) is a comment and is ignored,
+    so a preset file is also a valid ``--config`` file."""
+    if isinstance(raw, dict) and isinstance(raw.get("description"), str):
+        raw = {k: v for k, v in raw.items() if k != "description"}
     try:
         return RunConfig(**raw)
     except ValidationError as e:

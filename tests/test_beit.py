@@ -21,6 +21,7 @@ from engine.evaluation import knn_evaluate
 from engine.methods import create_method, get_method
 from engine.methods.base import Batch
 from engine.methods.beit import mim_cross_entropy
+from engine.optim import build_optimizer, set_lr_wd
 from engine.presets import load_preset
 from engine.trainer import Trainer
 from helpers import with_
@@ -125,6 +126,8 @@ def test_layout_and_paper_defaults() -> None:
     assert mask.shape == (5, 16) and (mask.sum(1) == m.num_masked()).all()
     with pytest.raises(ConfigError, match="ViT"):
         build(**{"model.arch": "resnet18"})
+    with pytest.raises(ConfigError, match="global_crops.count"):
+        build(**{"aug.global_crops.count": 0})
 
 
 def test_masked_patches_are_replaced_by_the_mask_embedding() -> None:
@@ -176,6 +179,15 @@ def test_param_groups() -> None:
     ids = {id(q) for q in tok["params"]}
     assert ids == {id(q) for q in m.tokenizer.parameters()}
     assert not ids & {id(q) for q in main["params"]} and id(m.mask_token) in {id(q) for q in main["params"]}
+    # through the trainer's optimiser plumbing: the tokenizer keeps tok_lr (even at the start of the
+    # warm-up, LR 0) and gets no weight decay; the ViT follows the schedule
+    opt = build_optimizer(m, m.param_groups(), m.cfg.optim, 1e-3, torch.device("cpu"))
+    set_lr_wd(opt, 0.0, 0.05, 1e-3)
+    for g in opt.param_groups:
+        is_tok = {id(q) for q in g["params"]} <= ids
+        assert g["lr"] == pytest.approx(0.004 if is_tok else 0.0)
+        assert g["weight_decay"] == (0.0 if is_tok else g["weight_decay"])
+    assert any(g["weight_decay"] == 0.05 for g in opt.param_groups)
 
 
 def test_tokenizer_path_round_trip(tmp_path) -> None:

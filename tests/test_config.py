@@ -64,3 +64,12 @@ def test_schema_has_ranges_and_help_for_forms():
 def test_live_keys_include_method_declared_ones():
     keys = live_keys(RunConfig())
     assert "optim.lr" in keys and "params.temperature" in keys
+
+
+def test_a_preset_file_is_also_a_config_file() -> None:
+    from engine.config import load_yaml, validate_config
+    from engine.presets import PRESET_DIR
+
+    raw = load_yaml(PRESET_DIR / "simclr_cifar.yaml")
+    assert isinstance(raw["description"], str)
+    assert validate_config(raw).method == "simclr"  # the description is a comment

@@ -336,18 +336,13 @@ def test_presets_validate(preset):
 # Learning is measured on the pretext task: the in-batch InfoNCE (T = 0.2) between the query
 # network's output for one view and the key encoder's for the other, on fixed augmented views
 # of 64 training images, before and after training. The kNN margin over the untrained network
-# (the issue's criterion) is not reached on 32 px shapes within a CPU test's budget (seen: none
-# of the three after 200 steps at batch 32 on the CPU; on an H100, 500 steps at batch 256 gave
-# +0.022 / -0.002 / +0.008 for v1 / v2 / v3), so that test runs only with SSL_KNN_STEPS set.
-import os  # noqa: E402
-
+# (the issue's criterion) is checked for all three by tests/test_learning.py.
 from engine import events as ev  # noqa: E402
 from engine.augment import GPUAugment  # noqa: E402
 from engine.data import load_dataset  # noqa: E402
 from engine.evaluation import knn_evaluate  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
 
-KNN_STEPS = int(os.environ.get("SSL_KNN_STEPS", "0"))
 TRAIN = {"optim.lr": 2e-3, "train.log_every": 5, "train.eval_every": 0, "train.ckpt_every": 10**6}
 QUEUE = {"params.queue_size": 64, "params.bn_splits": 2, "params.momentum": 0.99}
 RUNS = {  # method -> (steps, settings); v1 / v2 symmetric with T 0.2 learn fastest on the CPU
@@ -387,14 +382,23 @@ def _train(tmp, name: str, steps: int, **dotted) -> dict:
             "untrained_knn": untrained_knn}
 
 
-@pytest.fixture(scope="module", params=list(RUNS))
-def run(request, tmp_path_factory):
-    steps, dotted = RUNS[request.param]
-    return request.param, _train(tmp_path_factory.mktemp("moco"), request.param, steps, **dotted)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """name -> the training result of RUNS[name], trained once per module on first use."""
+    done: dict[str, dict] = {}
+
+    def get(name: str) -> dict:
+        if name not in done:
+            steps, dotted = RUNS[name]
+            done[name] = _train(tmp_path_factory.mktemp("moco"), name, steps, **dotted)
+        return done[name]
+
+    return get
 
 
-def test_training_runs_without_nan_and_logs_the_monitors(run):
-    name, r = run
+@pytest.mark.parametrize("name", list(RUNS))
+def test_training_runs_without_nan_and_logs_the_monitors(runs, name):
+    r = runs(name)
     assert r["fin"].status == "completed"
     assert all(math.isfinite(e.loss) for e in r["steps"])
     assert all(math.isfinite(v) for e in r["steps"] for v in e.scalars.values())
@@ -413,15 +417,9 @@ def test_training_runs_without_nan_and_logs_the_monitors(run):
     assert 0.0 <= r["fin"].knn_top1 <= 1.0
 
 
-def test_training_learns_the_pretext_task(run):
-    name, r = run
-    if name == "moco_v2":
-        pytest.skip("MoCo v2's BN-free MLP head leaves the loss at chance for the first ~100 CPU steps here")
+# MoCo v2's BN-free MLP head leaves the pretext loss at chance for its first ~100 CPU steps
+# here (its 20-step run is too short to show it; tests/test_learning.py shows it learning)
+@pytest.mark.parametrize("name", ["moco_v1", "moco_v3"])
+def test_training_learns_the_pretext_task(runs, name):
+    r = runs(name)
     assert r["after"] < r["before"] - 0.15, (r["before"], r["after"])
-
-
-@pytest.mark.skipif(KNN_STEPS <= 0, reason="kNN gains need SSL_KNN_STEPS (hundreds of steps), beyond the CPU budget")
-@pytest.mark.parametrize("name", list(RUNS))
-def test_knn_beats_untrained(tmp_path, name):
-    r = _train(tmp_path, name, KNN_STEPS, **RUNS[name][1])
-    assert r["fin"].knn_top1 >= r["untrained_knn"] + 0.03, (r["untrained_knn"], r["fin"].knn_top1)

@@ -4,7 +4,6 @@ prototype usage, presets and training through the Trainer."""
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import pytest
@@ -225,18 +224,3 @@ def test_trains_through_the_trainer(swav_run) -> None:
     assert 0 <= knn.knn_top1 <= 1 and {"std", "rank_me"} <= set(knn.indicators)
     print(f"SwAV 12 steps ({seconds:.0f} s): loss {steps[0].loss:.3f} -> {steps[-1].loss:.3f}, "
           f"kNN untrained {untrained:.3f} -> {knn.knn_top1:.3f}")
-
-
-# The kNN margin needs hundreds of steps (see tests/test_byol.py: no method, SimCLR
-# included, clears the untrained kNN within the CPU budget), so it runs with SSL_KNN_STEPS set.
-KNN_STEPS = int(os.environ.get("SSL_KNN_STEPS", "0"))
-
-
-@pytest.mark.skipif(KNN_STEPS <= 0, reason="kNN gains need SSL_KNN_STEPS (hundreds of steps)")
-def test_knn_beats_untrained(tmp_path) -> None:
-    untrained, seen, seconds = train_vs_untrained(
-        {**SMALL, "freeze_prototypes_iters": 16}, steps=KNN_STEPS, tmp=tmp_path,
-        **{"data.shapes_train": 512, "data.shapes_test": 256, "eval.max_bank": 512, "eval.max_queries": 256})
-    trained = [e for e in seen if isinstance(e, ev.Evaluation)][-1].knn_top1
-    print(f"SwAV {KNN_STEPS} steps ({seconds:.0f} s): kNN untrained {untrained:.3f} -> trained {trained:.3f}")
-    assert trained >= untrained + 0.03

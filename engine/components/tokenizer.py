@@ -41,7 +41,6 @@ one (``torch.load(weights_only=True)``), a run's checkpoint (``checkpoints/last.
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 from typing import Any
 

@@ -126,6 +126,8 @@ class BEiT(Method):
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
         p = self.p
+        if cfg.aug.global_crops.count < 1:
+            raise ConfigError("BEiT trains on one augmented crop per image: set aug.global_crops.count to 1")
         # --- encoder: the project's timm ViT with LayerScale and a [MASK] embedding
         self.backbone = build_backbone(cfg.model, image_size)
         if not isinstance(self.backbone, ViTBackboneMixin):
@@ -283,7 +285,8 @@ class BEiT(Method):
         grid = (size // ps, size // ps)
         L = grid[0] * grid[1]
         k = max(1, min(L - 1, round(p.mask_ratio * L)))
-        mask = block_masking(x.shape[0], grid, k, min_block=p.min_block, generator=torch.Generator().manual_seed(PROBE_SEED))
+        g = torch.Generator().manual_seed(PROBE_SEED)
+        mask = block_masking(x.shape[0], grid, k, min_block=p.min_block, generator=g)
         return mask_images(x[..., : grid[0] * ps, : grid[1] * ps], mask, grid, ps)
 
     # ----------------------------------------------------------------- diagram

@@ -299,7 +299,8 @@ class MultiMAE(Method):
         if D % 4:
             raise ConfigError(f"MultiMAE's sin-cos positions need a ViT width divisible by 4 (got {D})")
         if getattr(vit, "cls_token", None) is None:
-            raise ConfigError(f"MultiMAE needs a ViT with a class token (its global token); '{cfg.model.arch}' has none")
+            raise ConfigError(f"MultiMAE needs a ViT with a class token (its global token); "
+                              f"'{cfg.model.arch}' has none")
         self.patch_size = ps = vit.patch_size
         self.grid = vit.grid(image_size, image_size)
         self.num_patches = L = self.grid[0] * self.grid[1]
