@@ -157,9 +157,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def finish(code: int) -> None:
         state["rc"] = code
-        if args.tab:
+        if args.tab:  # show the tabs, then give the dashboard's throttled redraw time to paint them
             show_tabs(win, [t for t in args.tab.split(",") if t.strip()])
-            app.processEvents()
+            QTimer.singleShot(SCREENSHOT_DELAY_MS, shoot)
+        else:
+            shoot()
+
+    def shoot() -> None:
         if args.screenshot:
             if not win.save_screenshot(args.screenshot):
                 print(f"error: cannot write the screenshot {args.screenshot}", file=sys.stderr)

@@ -19,8 +19,8 @@ RECON_ORDER = ("original", "masked", "reconstruction", "pasted")
 COLUMN_TITLES = {
     "original": "original",
     "masked": "masked",
-    "reconstruction": "reconstruction",
-    "pasted": "reconstruction + visible",
+    "reconstruction": "recon-\nstruction",
+    "pasted": "recon. +\nvisible",
 }
 
 
@@ -335,6 +335,9 @@ class _MosaicView(QtWidgets.QWidget):
         self._titles = []
         for j, text in enumerate(titles):
             t = pg.TextItem(text, color="#222", anchor=(0.5, 1.0))
+            font = t.textItem.font()
+            font.setPointSizeF(8.0)  # tiles of 32 px images are narrow: two short lines each
+            t.setFont(font)
             t.setPos(pad + j * (cw + pad) + cw / 2, 0)
             self.plot.addItem(t)
             self._titles.append(t)
