@@ -159,7 +159,7 @@ def attention_columns(image: np.ndarray, attention: np.ndarray, fraction: float,
     sums = att.reshape(n, heads, -1).sum(axis=2).reshape(n, heads, 1, 1)
     mean = (att / np.maximum(sums, 1e-12)).mean(axis=1)
     cols.append(_dim_outside(img, attention_threshold(mean, fraction)))
-    titles.append(f"{fraction:.0%} of mass")
+    titles.append(f"{fraction:.0%}\nof mass")
     return cols, titles
 
 
@@ -324,7 +324,7 @@ class _MosaicView(QtWidgets.QWidget):
         if self._shape != img.shape[:2]:
             self._shape = img.shape[:2]
             self.plot.getPlotItem().getViewBox().setRange(
-                xRange=(0, img.shape[1]), yRange=(-max(8, ch * 0.18), img.shape[0]), padding=0.02)
+                xRange=(0, img.shape[1]), yRange=(-max(12, ch * 0.5), img.shape[0]), padding=0.02)
 
     def _set_titles(self, titles: list[str], ch: int, cw: int) -> None:
         pad = 2

@@ -195,7 +195,7 @@ def test_image_helpers():
     img, h, w = mosaic([np.zeros((2, 8, 8, 3), np.uint8), np.zeros((3, 4, 4, 3), np.uint8)], pad=2)
     assert (h, w) == (8, 8) and img.shape == (3 * 10 + 2, 2 * 10 + 2, 3)
     cols, titles = attention_columns(_images(2, 16, 0), np.random.rand(2, 3, 4, 4), 0.6)
-    assert titles == ["image", "head 0", "head 1", "head 2", "60% of mass"] and all(c.shape == (2, 16, 16, 3) for c in cols)
+    assert titles == ["image", "head 0", "head 1", "head 2", "60%\nof mass"] and all(c.shape == (2, 16, 16, 3) for c in cols)
     h = SnapshotHistory(maxlen=3)
     for s in (10, 20, 30, 40):
         h.add(Snapshot(s, {}))
