@@ -97,19 +97,21 @@ def real_run_feeder(preset: str = "quick_cpu", run_dir: str | None = None, threa
     background thread as in the studio: the GUI thread competes with the training thread for
     the GIL and the cores."""
 
+    # imported here, before the measurement: in the studio the engine is loaded with the window
+    import tempfile
+
+    import torch
+
+    from engine.config import validate_config
+    from engine.presets import load_preset
+    from engine.trainer import Trainer
+    import engine.components  # noqa: F401  (timm, torchvision: the studio has them loaded for its diagrams)
+
     def feed(q: "queue.Queue[ev.Event]", stop: threading.Event) -> None:
-        import tempfile
-
-        import torch
-
-        from engine.config import validate_config
-        from engine.presets import load_preset
-        from engine.trainer import Trainer
-
         if threads:
             torch.set_num_threads(threads)
         raw = load_preset(preset)
-        raw.setdefault("train", {}).update(time_limit_s=None, epochs=1000, device="cpu", probe_every_s=2.0,
+        raw.setdefault("train", {}).update(time_limit_s=None, epochs=1000, device="cpu", probe_every_s=2.0, log_every=1,
                                            eval_every=25)
         out = run_dir or tempfile.mkdtemp(prefix="bench-studio-")
         trainer = Trainer(validate_config(raw), Path(out) / "run", overwrite=True, listeners=(q.put,))
@@ -160,6 +162,10 @@ def measure(seconds: float, feeder: Feeder, dashboard: Any = None, tick_ms: int 
     pump.timeout.connect(drain)
     loop = QtCore.QEventLoop()
 
+    warm = time.perf_counter() + 1.0  # the window's first layout and paint, before the run starts
+    while time.perf_counter() < warm:
+        app.processEvents()
+        time.sleep(0.01)
     thread = threading.Thread(target=feeder, args=(q, stop), daemon=True, name="bench-feeder")
     thread.start()
     tick.start()
@@ -179,6 +185,7 @@ def measure(seconds: float, feeder: Feeder, dashboard: Any = None, tick_ms: int 
         "max_gap_ms": round(float(gaps.max()), 2),
         "max_gap_at_s": round(float(ticks[int(np.argmax(gaps)) + 1] - t0), 2) if len(ticks) > 1 else 0.0,
         "gaps_over_100ms": int((gaps > 100).sum()),
+        "gaps_over_100ms_at_s": [round(float(ticks[i + 1] - t0), 2) for i in np.flatnonzero(gaps > 100)][:20],
         "p99_gap_ms": round(float(np.percentile(gaps, 99)), 2),
         "median_gap_ms": round(float(np.median(gaps)), 2),
         "events": counts["events"],
