@@ -58,7 +58,14 @@ def timm_spec(cfg: RunConfig, backbone: torch.nn.Module) -> dict[str, Any]:
     arch = backbone.arch if hasattr(backbone, "arch") else cfg.model.arch
     if arch.startswith("resnet"):
         return {"model_name": arch, "kwargs": {"num_classes": 0}, "cifar_stem": _cifar_stem(backbone)}
-    kw = {"num_classes": 0, "img_size": getattr(backbone, "img_size", None), "patch_size": cfg.model.patch_size}
+    img_size = getattr(backbone, "img_size", None)
+    pe = getattr(backbone, "patch_embed", None)
+    if img_size is None and pe is not None and getattr(pe, "img_size", None) is not None:
+        img_size = int(pe.img_size[0])  # timm keeps it on the patch embedding
+    kw = {"num_classes": 0, "img_size": img_size, "patch_size": cfg.model.patch_size}
+    init_values = getattr(backbone, "init_values", None)
+    if init_values:  # LayerScale (BEiT, 0.1): the plain timm model needs it to have the gamma weights
+        kw["init_values"] = float(init_values)
     name = getattr(backbone, "timm_name", arch)
     return {"model_name": name, "kwargs": kw}
 

@@ -301,3 +301,25 @@ def test_trains_through_the_trainer(beit_run) -> None:
           f"{one[-1].scalars['tok_recon']:.3f}, codes used {one[-1].scalars['codes_used']:.0f}/64, "
           f"MIM loss {two[0].loss:.3f} -> {two[-1].loss:.3f} (acc {two[-1].scalars['mim_acc']:.2f}), "
           f"kNN untrained {untrained:.3f} -> {final_eval(seen).knn_top1:.3f}")
+
+
+def test_exported_backbone_loads_strictly_into_plain_timm(tmp_path) -> None:
+    """ssl-export of a BEiT run: LayerScale (init_values) and the image size travel with the
+    weights, so timm.create_model(name, **kwargs) takes them with strict=True."""
+    import timm
+
+    from engine.config import validate_config
+    from engine.export import export_backbone
+    from engine.presets import load_preset
+    from engine.trainer import Trainer
+
+    raw = load_preset("beit_small")
+    raw["data"] = {"source": "shapes", "shapes_size": 32, "shapes_train": 64, "shapes_test": 32}
+    raw["train"].update(steps=3, batch_size=16, device="cpu", eval_every=0, log_every=1, probe_every_s=1000)
+    raw["params"].update(tokenizer_steps=1)
+    raw["eval"] = {"max_bank": 64, "max_queries": 32}
+    Trainer(validate_config(raw), tmp_path / "run").run()
+    meta = export_backbone(tmp_path / "run", "timm", tmp_path / "bb.pt")
+    assert meta["kwargs"]["init_values"] == pytest.approx(0.1) and meta["kwargs"]["img_size"] == 32
+    m = timm.create_model(meta["model_name"], **meta["kwargs"])
+    m.load_state_dict(torch.load(tmp_path / "bb.pt", weights_only=True), strict=True)
