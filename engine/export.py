@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import RunConfig, atomic_write_bytes, atomic_write_text
+from .config import RunConfig
+from .fileio import atomic_write_bytes, atomic_write_text
 from .errors import CheckpointError, UserError
 from .methods import create_method
 from .methods.base import Method

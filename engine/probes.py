@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from . import events as ev
-from .augment import resize_normalize
-from .augment import denormalize
+from .augment import denormalize, resize_normalize
+from .fileio import atomic_open
 from .masking import mask_to_pixels
 
 PROBES_DIR = "probes"  # RUNDIR/probes/probe-<name>-<step>.npz (format: studio/dashboard/snapshots.py)
@@ -36,14 +35,8 @@ def save_probe(run_dir: str | os.PathLike, probe: ev.VisualProbe) -> Path:
     arrays: dict[str, Any] = {k: np.asarray(v) for k, v in probe.images.items()}
     arrays["__meta__"] = np.array(json.dumps(probe.meta, default=str))
     arrays["__time__"] = np.array(float(probe.time))
-    fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(target, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return target
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import atomic_write_text
+from .fileio import atomic_write_text
 from .errors import UserError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "events.log", "run.json")

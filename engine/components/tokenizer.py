@@ -264,7 +264,7 @@ def _up(cin: int, cout: int, f: int) -> nn.Module:
 # ------------------------------------------------------------------ files
 def save_tokenizer(tok: VQTokenizer, path: str | Path) -> Path:
     """Write ``{'format', 'version', 'config', 'state_dict'}`` atomically (temporary file + rename)."""
-    from ..config import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save({

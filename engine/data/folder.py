@@ -41,7 +41,6 @@ import multiprocessing as mp
 import os
 import sys
 import tarfile
-import tempfile
 import time
 import warnings
 from collections import Counter, deque
@@ -56,6 +55,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import DataError
+from ..fileio import atomic_open
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..config import DataConfig
@@ -431,35 +431,13 @@ def _cache_key(source: Path, fingerprint: str, cfg: DataConfig) -> str:
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f)
 
 
 def _map_npy(path: Path) -> np.ndarray:
