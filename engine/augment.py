@@ -167,6 +167,14 @@ def resize_normalize(x_uint8: torch.Tensor, size: int, mean, std) -> torch.Tenso
     return x.sub(m).div_(s)
 
 
+def resize_u8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> uint8 [N, 3, size, size] (antialiased bilinear); unchanged if already that size."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    y = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
 def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Back to [0, 1] for display: x * std + mean, clamped. x: [B, 3, H, W] (or [3, H, W])."""
     m, s = _stats(mean, std, x.device)

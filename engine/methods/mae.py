@@ -32,12 +32,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from timm.models.vision_transformer import Block as ViTBlock
 from torch import nn
 
-from ..augment import resize_normalize
+from ..augment import resize_normalize, resize_u8
 from ..components import ViTBackboneMixin, build_backbone
 from ..errors import ConfigError
 from ..masking import random_masking
@@ -225,7 +224,7 @@ class MAE(Method):
         size = cfg.aug.global_crops.size or int(images.shape[-1])
         ps = cfg.model.patch_size
         ratio = float(cfg.params.get("mask_ratio", cls.Params().mask_ratio))
-        x = _resize_u8(images, size)
+        x = resize_u8(images, size)
         grid = (size // ps, size // ps)
         g = torch.Generator().manual_seed(PROBE_SEED)
         _, mask, _ = random_masking(x.shape[0], grid[0] * grid[1], ratio, generator=g)
@@ -263,10 +262,3 @@ class MAE(Method):
 
 def _layer_norm(dim: int, **kwargs) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=1e-6, **kwargs)  # MAE: partial(nn.LayerNorm, eps=1e-6)
-
-
-def _resize_u8(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    y = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return y.round().clamp(0, 255).to(torch.uint8)

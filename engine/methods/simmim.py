@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..augment import resize_normalize
+from ..augment import resize_normalize, resize_u8
 from ..components import ViTBackboneMixin, build_backbone
 from ..components.backbones import SwinBackboneMixin
 from ..errors import ConfigError
@@ -178,10 +178,7 @@ class SimMIM(Method):
         p = cls.Params(**cfg.params)
         mp = p.mask_patch or simmim_mask_patch(size, model_patch=ps)
         grid = (size // ps, size // ps)
-        x = images
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
-                              antialias=True).round().clamp(0, 255).to(torch.uint8)
+        x = resize_u8(images, size)
         g = torch.Generator().manual_seed(PROBE_SEED)
         mask = simmim_mask(x.shape[0], grid, mp, ps, p.mask_ratio, generator=g)
         return mask_images(x[..., : grid[0] * ps, : grid[1] * ps], mask, grid, ps)
