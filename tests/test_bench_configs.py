@@ -1,0 +1,35 @@
+"""The GPU benchmark scripts build valid configs for every method they list (checked here, run there)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.cifar_accuracy import LIGHTLY_200_EPOCHS, markdown, method_config  # noqa: E402
+from engine.config import validate_config  # noqa: E402
+
+
+@pytest.mark.parametrize("method", sorted(LIGHTLY_200_EPOCHS))
+def test_cifar_accuracy_configs_are_valid_resnet18_cifar_stem(method: str, tmp_path) -> None:
+    args = argparse.Namespace(epochs=20, batch_size=512, device="cuda", cache_dir=str(tmp_path), compile=False,
+                              time_limit=None, small=False)
+    cfg = validate_config(method_config(method, args, "/data/cifar10.tar.gz"))
+    assert cfg.method == method
+    assert cfg.model.arch == "resnet18" and cfg.model.cifar_stem is True
+    assert cfg.train.batch_size == 512 and cfg.train.epochs == 20
+    assert cfg.eval.max_bank == 50_000 and cfg.eval.knn_k == 200
+    # the preset's warm-up shrinks with the 10x shorter schedule (200 -> 20 epochs)
+    assert cfg.optim.warmup_epochs <= 2.0
+
+
+def test_markdown_table_names_epochs_device_and_reference() -> None:
+    table = markdown({"device": "NVIDIA H100", "rows": [
+        {"method": "simclr", "epochs": 20, "knn_top1": 0.7012, "lightly_200_epochs": 0.848, "wall_s": 90.0},
+        {"method": "byol", "epochs": 20, "error": "CUDA out of memory", "lightly_200_epochs": 0.868}]})
+    assert "| simclr | 20 | 0.701 | 0.848 | 1.5 min | NVIDIA H100 |" in table
+    assert "| byol | 20 | CUDA out of memory | 0.868 | - | NVIDIA H100 |" in table
