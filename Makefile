@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export QT_QPA_PLATFORM ?= $(if $(DISPLAY)$(WAYLAND_DISPLAY),,offscreen)
 
-.PHONY: run test bench bench-gpu clean-venv screenshots
+.PHONY: run test bench bench-methods bench-gpu clean-venv screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]' || echo "lightly not installable: the anchor runs are skipped"
 	$(PY) bench/run.py --out bench/results
+
+# Per-method throughput against lightly 1.6.0 (DINO, MAE, SimMIM, seven ResNet methods); CPU: smoke sizes.
+bench-methods: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[bench]' || echo "lightly not installable: the anchor runs are skipped"
+	$(PY) bench/methods.py --out bench/results
 
 clean-venv:
 	rm -rf $(VENV)

@@ -19,3 +19,5 @@ cp /tmp/smoke/metrics.jsonl "$OUT/smoke-metrics.jsonl" 2>/dev/null
 # SimCLR benchmark on CIFAR-10 (eager, then compiled), lightly 1.6.0 in the same run
 timeout 240 python3 bench/run.py --out "$OUT" --data /tmp/data/cifar10 --cache-dir /tmp/cache --steps 150 --warmup 30
 timeout 240 python3 bench/run.py --out "$OUT" --data /tmp/data/cifar10 --cache-dir /tmp/cache --steps 150 --warmup 40 --compile --only ours model_only
+# Per-method benchmarks against lightly 1.6.0 (DINO, MAE, SimMIM, 7 ResNet methods), own time budget inside
+timeout 420 python3 bench/methods.py --out "$OUT"
