@@ -76,6 +76,9 @@ def run_method(method: str, args, source: str) -> dict:
         return row
     fin = seen[-1]
     steps = [e for e in seen if isinstance(e, ev.StepMetrics)]
+    started = next(e for e in seen if isinstance(e, ev.RunStarted))
+    if steps:  # a --time-limit stop ends early: report the epochs really trained
+        row["epochs"] = round(steps[-1].step / started.steps_per_epoch, 2)
     row.update(status=getattr(fin, "status", None), steps=getattr(fin, "step", None),
                knn_top1=getattr(fin, "knn_top1", None),
                images_per_s=_mean_rate([e.images_per_s for e in steps[1:] or steps]),

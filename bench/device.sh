@@ -2,6 +2,11 @@
 # One prepared GPU session: environment check, CUDA smoke run of the CLI, then the benchmarks.
 # Run from the repo root on the GPU machine with .whl (pydantic, lightly wheels) and .data
 # (cifar10.tar.gz) carried. Results land in $OUT (or bench/results).
+#   bash bench/device.sh simclr     smoke + SimCLR bench (issue 2 pt 12), about 6 min
+#   bash bench/device.sh methods    per-method benches vs lightly (issues 4 pt 7, 5 pt 8), about 7 min
+#   bash bench/device.sh accuracy   CIFAR-10 kNN, 20 epochs each (issue 4 pt 8), about 8 min on an H100
+# Each part fits one 10-minute device call; a session's 15 minutes hold about two of them.
+PART=${1:-simclr}
 set -uo pipefail
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
@@ -11,6 +16,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision, timm, pydantic, lightly; print('torch', torch.__version__, 'tv', torchvision.__version__, 'timm', timm.__version__, 'lightly', lightly.__version__)"
 mkdir -p /tmp/data && tar -xzf .data/cifar10.tar.gz -C /tmp/data
+if [ "$PART" = simclr ]; then
 # CUDA smoke: the CLI end to end on the GPU (bf16, channels_last, fused optimiser), export, eval
 timeout 120 python3 -m engine.cli.train --method simclr --data shapes --steps 60 --batch-size 256 --device cuda \
   --out /tmp/smoke --quiet --set train.log_every=20 2>&1 | tail -3
@@ -19,5 +25,13 @@ cp /tmp/smoke/metrics.jsonl "$OUT/smoke-metrics.jsonl" 2>/dev/null
 # SimCLR benchmark on CIFAR-10 (eager, then compiled), lightly 1.6.0 in the same run
 timeout 240 python3 bench/run.py --out "$OUT" --data /tmp/data/cifar10 --cache-dir /tmp/cache --steps 150 --warmup 30
 timeout 240 python3 bench/run.py --out "$OUT" --data /tmp/data/cifar10 --cache-dir /tmp/cache --steps 150 --warmup 40 --compile --only ours model_only
+fi
+if [ "$PART" = methods ]; then
 # Per-method benchmarks against lightly 1.6.0 (DINO, MAE, SimMIM, 7 ResNet methods), own time budget inside
 timeout 420 python3 bench/methods.py --out "$OUT"
+fi
+if [ "$PART" = accuracy ]; then
+# CIFAR-10 kNN after 20 epochs for SimCLR, MoCo v2, BYOL, DINO (ResNet-18 CIFAR stem, batch 512)
+timeout 540 python3 bench/cifar_accuracy.py --data /tmp/data/cifar10 --cache-dir /tmp/cache --epochs 20 \
+  --time-limit 120 --out "$OUT"
+fi
