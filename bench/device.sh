@@ -4,6 +4,7 @@
 # (cifar10.tar.gz) carried. Results land in $OUT (or bench/results).
 #   bash bench/device.sh simclr     smoke + SimCLR bench (issue 2 pt 12), about 6 min
 #   bash bench/device.sh methods    per-method benches vs lightly (issues 4 pt 7, 5 pt 8), about 7 min
+#   bash bench/device.sh studio     throughput with the studio attached vs headless (issue 3 pt 10), about 3 min
 #   bash bench/device.sh accuracy   CIFAR-10 kNN, 20 epochs each (issue 4 pt 8), about 8 min on an H100
 # Each part fits one 10-minute device call; a session's 15 minutes hold about two of them.
 PART=${1:-simclr}
@@ -29,6 +30,10 @@ fi
 if [ "$PART" = methods ]; then
 # Per-method benchmarks against lightly 1.6.0 (DINO, MAE, SimMIM, 7 ResNet methods), own time budget inside
 timeout 420 python3 bench/methods.py --out "$OUT"
+fi
+if [ "$PART" = studio ]; then
+# SimCLR B 512 on 32 px shapes: headless, in the real main window (offscreen), headless again
+QT_QPA_PLATFORM=offscreen timeout 420 python3 bench/studio_throughput.py --steps 400 --warmup 80 --out "$OUT"
 fi
 if [ "$PART" = accuracy ]; then
 # CIFAR-10 kNN after 20 epochs for SimCLR, MoCo v2, BYOL, DINO (ResNet-18 CIFAR stem, batch 512)
