@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export QT_QPA_PLATFORM ?= $(if $(DISPLAY)$(WAYLAND_DISPLAY),,offscreen)
 
-.PHONY: run test bench bench-methods bench-gpu clean-venv screenshots
+.PHONY: run test test-learning bench bench-methods bench-gpu clean-venv screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ TEST_WORKERS ?= 2
 
 test: $(VENV)/.installed-test
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
+
+# Every method's learning check (kNN beats the untrained network), minutes each: not in make test.
+test-learning: $(VENV)/.installed-test
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --learning-extended tests/test_learning.py
 
 # Benchmarks (JSON in bench/results/, device named). Installs the bench extra (lightly 1.6.0, the anchor).
 bench: $(VENV)/.installed

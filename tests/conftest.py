@@ -12,6 +12,22 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ.get("SSL_TEST_THREADS", "1")))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--learning-extended", action="store_true",
+                     help="also run the longer learning checks (make test-learning)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``learning_extended`` tests (minutes of CPU each) run with --learning-extended only:
+    ``make test`` must stay under 10 minutes on 2 cores; ``make test-learning`` runs them."""
+    if config.getoption("--learning-extended"):
+        return
+    skip = pytest.mark.skip(reason="longer learning check: run make test-learning (--learning-extended)")
+    for item in items:
+        if "learning_extended" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def tiny_cfg_dict():
     """A SimCLR config that trains in seconds on the CPU (32 px shapes, small batch)."""

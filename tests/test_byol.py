@@ -64,9 +64,9 @@ def check_diagram(method: str) -> None:
     d.to_dict()  # plain data for the studio
 
 
-# Learning (kNN above the untrained network) is checked for every method by
-# tests/test_learning.py; the training tests here check the run itself (finite, loss
-# falling, no collapse) in a few steps.
+# Learning (kNN above the untrained network) is checked by tests/test_learning.py for the
+# methods listed there; the training tests here check the run itself (finite, loss falling,
+# no collapse) in a few steps.
 
 
 def train_vs_untrained(method: str, params: dict, steps: int, lr: float = 2e-3, tmp=None, **dotted):

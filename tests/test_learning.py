@@ -4,7 +4,14 @@ the untrained network with the same initial weights.
 One shared recipe (32 px shapes, 2,000 training images, 500 queries, ResNet-18 without the
 CIFAR stem, batch 64, crops of scale (0.4, 1), AdamW, one torch thread), one row per method
 in ``RECIPES`` with the few settings that differ (smaller heads for CPU speed, steps, LR).
-Measured numbers are in the row's comment (2-core machine, one thread per run).
+Measured numbers are in the row's comment (2-core machine, one thread per run, evaluation
+only at the end as here).
+
+The recipe's colour augmentation is strong (hue 0.5, saturation 0.8, grayscale 0.5): in
+``shapes`` the colour of a shape and of its background carry no class information, and with
+the usual ImageNet strength (hue 0.1, grayscale 0.2) the non-contrastive methods matched
+views by colour and left kNN at the untrained level within a few hundred steps (BYOL 300
+steps: 0.156, SimSiam 0.158, Barlow Twins 0.136; with the strong jitter: 0.208, 0.182, 0.230).
 
 kNN: weighted, k=200, t=0.1 (the project's defaults), memory bank = the 2,000 training
 images, queries = the 500 test images; chance is 0.1 (10 balanced classes).
@@ -31,20 +38,32 @@ CHANCE = 0.1
 BASE = {
     "data": {"source": "shapes", "shapes_size": 32, "shapes_train": 2000, "shapes_test": 500},
     "model": {"arch": "resnet18", "cifar_stem": False},
-    "aug": {"global_crops": {"count": 2, "size": 32, "scale": [0.4, 1.0]}},
+    "aug": {"global_crops": {"count": 2, "size": 32, "scale": [0.4, 1.0]}, "hue": 0.5, "saturation": 0.8,
+            "gray_p": 0.5},
     "optim": {"optimizer": "adamw", "lr": 2e-3, "scale_lr": False, "warmup_epochs": 0.5, "weight_decay": 1e-4},
-    "train": {"batch_size": 64, "device": "cpu", "log_every": 10, "eval_every": 0, "ckpt_every": 100_000,
+    "train": {"batch_size": 64, "device": "cpu", "log_every": 10, "eval_every": 10**6, "ckpt_every": 10**6,
               "probe_every_s": 100_000},
     "eval": {"max_bank": 2000, "max_queries": 500},
 }
 
 # method -> (params, steps, extra dotted config, least kNN gain over the untrained network)
 RECIPES: dict[str, tuple[dict, int, dict, float]] = {
-    # measured: untrained 0.144 -> 0.232 after 100 steps, 0.254 after 150 (about a minute alone)
-    "simclr": ({"temperature": 0.5, "proj_out": 128}, 120, {}, 0.05),
-    # measured: 0.144 -> 0.196 after 250 steps (about 2 minutes alone); 0.194 after 300.
-    # Paper queue / temperature scaled down: 256 keys (4 batches), T 0.2 (the paper's), EMA 0.99.
-    "moco_v2": ({"queue_size": 256, "momentum": 0.99, "temperature": 0.2, "bn_splits": 2}, 250, {}, 0.025),
+    # measured (untrained 0.144 for every row: the same ResNet-18 initial weights)
+    "simclr": ({"temperature": 0.5, "proj_out": 128}, 100, {}, 0.05),  # 0.254 after 100 steps
+    "moco_v1": ({"queue_size": 256, "momentum": 0.99, "temperature": 0.2, "symmetric": True,  # 0.258 / 150
+                 "bn_splits": 2}, 150, {}, 0.05),
+    "moco_v2": ({"queue_size": 256, "momentum": 0.99, "temperature": 0.2, "bn_splits": 2},  # 0.200 / 150
+                150, {}, 0.025),
+    "moco_v3": ({"proj_hidden": 512, "pred_hidden": 512, "proj_out": 128, "temperature": 0.5,  # 0.190 / 150
+                 "momentum": 0.99}, 150, {"optim.lr": 1e-3}, 0.02),
+    "barlow_twins": ({"proj_hidden": 512, "proj_out": 512, "lambd": 0.002}, 150,  # 0.192 / 150; 0.230 / 300
+                     {"optim.lr": 1e-3}, 0.02),
+    "simsiam": ({"proj_hidden": 512, "proj_out": 512, "pred_hidden": 128, "proj_layers": 2}, 200,  # 0.206 / 200
+                {"optim.optimizer": "sgd", "optim.lr": 0.03, "optim.weight_decay": 5e-4}, 0.025),
+    "byol": ({"proj_hidden": 512, "pred_hidden": 512, "proj_out": 128, "momentum": 0.99}, 300,  # 0.206 / 300
+             {"train.batch_size": 32, "optim.optimizer": "sgd", "optim.lr": 0.03, "optim.weight_decay": 5e-4}, 0.03),
+    "dino": ({"out_dim": 1024, "hidden_dim": 512, "bottleneck_dim": 128, "teacher_temp": 0.04,  # 0.192 / 300
+              "warmup_teacher_temp_epochs": 0, "momentum_teacher": 0.99}, 300, {"optim.lr": 5e-4}, 0.02),
 }
 
 
@@ -68,9 +87,15 @@ def learn(method: str, tmp_path) -> tuple[float, float, list[ev.Event]]:
     return untrained, trained, seen
 
 
+# In ``make test`` (about 5 minutes of one core together; the suite must stay under 10 minutes
+# on 2 cores); every other row runs in ``make test-learning`` (--learning-extended).
+IN_MAKE_TEST = ("simclr", "moco_v2", "barlow_twins")
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # about a minute alone; several on a loaded 2-core machine
-@pytest.mark.parametrize("method", list(RECIPES))
+@pytest.mark.timeout(900)  # one to two minutes alone; several on a loaded 2-core machine
+@pytest.mark.parametrize("method", [
+    pytest.param(m, marks=() if m in IN_MAKE_TEST else pytest.mark.learning_extended) for m in RECIPES])
 def test_short_run_beats_chance_and_the_untrained_network(method: str, tmp_path) -> None:
     untrained, trained, seen = learn(method, tmp_path)
     fin = seen[-1]

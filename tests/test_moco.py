@@ -336,7 +336,7 @@ def test_presets_validate(preset):
 # Learning is measured on the pretext task: the in-batch InfoNCE (T = 0.2) between the query
 # network's output for one view and the key encoder's for the other, on fixed augmented views
 # of 64 training images, before and after training. The kNN margin over the untrained network
-# (the issue's criterion) is checked for all three by tests/test_learning.py.
+# (the issue's criterion) is checked for all three by tests/test_learning.py (150 steps each).
 from engine import events as ev  # noqa: E402
 from engine.augment import GPUAugment  # noqa: E402
 from engine.data import load_dataset  # noqa: E402
@@ -418,7 +418,7 @@ def test_training_runs_without_nan_and_logs_the_monitors(runs, name):
 
 
 # MoCo v2's BN-free MLP head leaves the pretext loss at chance for its first ~100 CPU steps
-# here (its 20-step run is too short to show it; tests/test_learning.py shows it learning)
+# here (its 20-step run is too short to show it; tests/test_learning.py shows it learning over 150 steps)
 @pytest.mark.parametrize("name", ["moco_v1", "moco_v3"])
 def test_training_learns_the_pretext_task(runs, name):
     r = runs(name)
