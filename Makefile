@@ -25,11 +25,11 @@ run: $(VENV)/.installed
 TEST_WORKERS ?= 2
 
 test: $(VENV)/.installed-test
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 # Every method's learning check (kNN beats the untrained network), minutes each: not in make test.
 test-learning: $(VENV)/.installed-test
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --learning-extended tests/test_learning.py
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal --learning-extended tests/test_learning.py
 
 # Benchmarks (JSON in bench/results/, device named). Installs the bench extra (lightly 1.6.0, the anchor).
 bench: $(VENV)/.installed
