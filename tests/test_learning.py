@@ -62,6 +62,8 @@ RECIPES: dict[str, tuple[dict, int, dict, float]] = {
                 {"optim.optimizer": "sgd", "optim.lr": 0.03, "optim.weight_decay": 5e-4}, 0.025),
     "byol": ({"proj_hidden": 512, "pred_hidden": 512, "proj_out": 128, "momentum": 0.99}, 300,  # 0.206 / 300
              {"train.batch_size": 32, "optim.optimizer": "sgd", "optim.lr": 0.03, "optim.weight_decay": 5e-4}, 0.03),
+    "swav": ({"n_prototypes": 30, "proj_hidden": 512, "proj_out": 128, "temperature": 0.2,  # 0.302 / 300
+              "freeze_prototypes_iters": 31}, 300, {"optim.lr": 1e-3}, 0.05),
     "dino": ({"out_dim": 1024, "hidden_dim": 512, "bottleneck_dim": 128, "teacher_temp": 0.04,  # 0.192 / 300
               "warmup_teacher_temp_epochs": 0, "momentum_teacher": 0.99}, 300, {"optim.lr": 5e-4}, 0.02),
 }
