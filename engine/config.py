@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .fileio import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
+from .fileio import atomic_write_text
 
 
 class Strict(BaseModel):
