@@ -90,7 +90,6 @@ import argparse
 import contextlib
 import copy
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -117,20 +116,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _import_sibling(name: str):
-    """bench/<name>.py as a module (bench/ is not a package; a path import cannot pick up
-    another installed 'bench')."""
-    mod_name = f"_ssl_bench_{name}"
-    if mod_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(mod_name, Path(__file__).with_name(f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[mod_name]
-
-
-_run = _import_sibling("run")  # the SimCLR bench: its helpers are reused, not copied
-device_name, _time, make_data = _run.device_name, _run._time, _run.make_data
+from bench.run import _time, device_name, make_data  # noqa: E402  (the SimCLR bench: reused, not copied)
 
 from engine import events as ev  # noqa: E402
 from engine.config import validate_config  # noqa: E402
