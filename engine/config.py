@@ -186,6 +186,13 @@ class EvalConfig(Strict):
     knn_t: float = Field(0.1, gt=0, description="kNN temperature for the weighted vote.")
     max_bank: int = Field(10000, ge=10, description="Training images in the kNN memory bank (subsampled).")
     max_queries: int = Field(2000, ge=10, description="Test images used as kNN queries (subsampled).")
+    standardize: bool | None = Field(
+        None,
+        description="Standardise each feature dimension (mean 0, std 1 over the memory bank) before the kNN's "
+        "L2 normalisation, as MAE's linear probe puts a BatchNorm without affine before its classifier; "
+        "empty: the method's choice (on for masked image modelling, whose features have a few dimensions "
+        "of very large variance).",
+    )
 
 
 # ----------------------------------------------------------------------- run

@@ -17,6 +17,21 @@ def _subsample(n: int, k: int, g: torch.Generator) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:k].sort().values
 
 
+def standardize_features(method: Method, cfg: RunConfig) -> bool:
+    """Whether the kNN standardises features: ``eval.standardize``, or the method's default."""
+    return cfg.eval.standardize if cfg.eval.standardize is not None else method.standardize_features
+
+
+def standardize(bank: torch.Tensor, queries: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension z-scores with the memory bank's mean and std: bank [N, D], queries [M, D].
+
+    A BatchNorm without affine, fitted on the bank (MAE's linear probe, He et al. 2022, A.2):
+    without it a few dimensions of very large variance decide the cosine similarity."""
+    mu = bank.mean(dim=0, keepdim=True)  # [1, D]
+    sd = bank.std(dim=0, keepdim=True).clamp_min(eps)  # [1, D]
+    return (bank - mu) / sd, (queries - mu) / sd
+
+
 @torch.no_grad()
 def knn_evaluate(
     method: Method, data: DataSplits, cfg: RunConfig, device: torch.device, autocast_dtype=None
@@ -24,7 +39,8 @@ def knn_evaluate(
     """(kNN top-1, 2-D PCA of the query features, query labels); (None, None, None) without labels.
 
     Memory bank: up to ``eval.max_bank`` training images; queries: up to ``eval.max_queries``
-    test images (fixed subsets, so successive evaluations are comparable).
+    test images (fixed subsets, so successive evaluations are comparable). Features are
+    standardised with the bank's statistics first where :func:`standardize_features` says so.
     """
     test = data.test
     if data.train.labels is None or test is None or test.labels is None:
@@ -41,9 +57,12 @@ def knn_evaluate(
                                   cfg.aug.mean, cfg.aug.std, size=size)
             fq = extract_features(method.embed, test.images[q_idx], 256, device,
                                   cfg.aug.mean, cfg.aug.std, size=size)
-        acc = knn_top1(fb.float(), data.train.labels[bank_idx].to(device), fq.float(),
+        fb, fq = fb.float(), fq.float()
+        if standardize_features(method, cfg):
+            fb, fq = standardize(fb, fq)
+        acc = knn_top1(fb, data.train.labels[bank_idx].to(device), fq,
                        test.labels[q_idx].to(device), k=cfg.eval.knn_k, t=cfg.eval.knn_t,
                        n_classes=len(data.train.classes))
-        return float(acc), pca_2d(fq.float()), test.labels[q_idx].numpy()
+        return float(acc), pca_2d(fq), test.labels[q_idx].numpy()
     finally:
         method.train(was_training)

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import timm
 import torch
 from pydantic import ValidationError
-from timm.models import register_model
-from timm.models.vision_transformer import VisionTransformer
 
 from engine.augment import resize_normalize
 from engine.checkpoint import load_checkpoint
@@ -28,19 +25,10 @@ from engine.probes import (
     unnormalize_norm_pix,
     unpatchify,
 )
-from helpers import with_
+from helpers import with_  # also registers timm's vit_mim_micro
 from test_byol import check_diagram, check_run, final_eval, train_vs_untrained
 from test_cli import _tiny
 
-
-# ------------------------------------------------------------------ a micro ViT for CPU tests
-def vit_mim_micro(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs):
-    """A 4-block, 64-wide timm ViT (registered with timm, so ``model.arch`` can name it)."""
-    return VisionTransformer(**{"embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0, **kwargs})
-
-
-if not timm.list_models("vit_mim_micro"):
-    register_model(vit_mim_micro)
 
 # shared with test_simmim.py
 MICRO = {"model.arch": "vit_mim_micro", "model.patch_size": 4}
@@ -297,9 +285,8 @@ def heldout_losses(run_dir, n: int = 64) -> dict[str, float]:
 def check_learning(method: str, params: dict, steps: int, tmp_path, **dotted) -> dict[str, float]:
     """Train through the real Trainer (one thread) and check the run and what it learned.
 
-    kNN accuracy is not asserted: masked-image models need far longer than a CPU test to move
-    kNN on 32 px shapes (measured in the issue report); held-out reconstruction is asserted
-    instead."""
+    Here (4 px patches, 100 steps) held-out reconstruction is asserted; the kNN gain over the
+    untrained encoder is asserted by tests/test_learning.py's MAE and MultiMAE rows."""
     untrained_knn, seen, _secs = train_vs_untrained(method, params, steps=steps, lr=2e-3, tmp=tmp_path,
                                                     **{**MICRO, **ONE_CROP, **dotted})
     steps_m = check_run(seen)

@@ -98,6 +98,8 @@ class Method(nn.Module):
     summary: ClassVar[str] = ""  # two lines: how it learns
     Params: ClassVar[type[Params]] = Params
     live_params: ClassVar[tuple[str, ...]] = ()
+    # kNN on per-dimension standardised features when eval.standardize is empty (see EvalConfig)
+    standardize_features: ClassVar[bool] = False
 
     def __init__(self, cfg: "RunConfig", image_size: int) -> None:
         super().__init__()

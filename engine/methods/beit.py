@@ -115,6 +115,7 @@ def mim_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
 class BEiT(Method):
     name = "beit"
     family = "masked image modelling"
+    standardize_features = True  # kNN on z-scored features (MAE's BatchNorm before the linear probe)
     paper = "Bao et al., BEiT: BERT Pre-Training of Image Transformers, ICLR 2022"
     summary = (
         "A ViT sees images with ~40% of the patches masked in blocks and predicts, for each masked\n"

@@ -74,6 +74,7 @@ class MAEParams(Params):
 class MAE(Method):
     name = "mae"
     family = "masked image modelling"
+    standardize_features = True  # kNN on z-scored features (MAE's BatchNorm before the linear probe)
     paper = "He et al., Masked Autoencoders Are Scalable Vision Learners, CVPR 2022"
     summary = (
         "A ViT encoder sees only a random 25 % of the patches; a light decoder with mask tokens\n"

@@ -278,6 +278,7 @@ class ModalityDecoder(nn.Module):
 class MultiMAE(Method):
     name = "multimae"
     family = "masked image modelling"
+    standardize_features = True  # kNN on z-scored features (MAE's BatchNorm before the linear probe)
     paper = "Bachmann et al., MultiMAE: Multi-modal Multi-task Masked Autoencoders, ECCV 2022"
     summary = (
         "RGB, depth and segmentation patches share one ViT: a Dirichlet split of a small visible-token\n"

@@ -65,6 +65,7 @@ class SimMIMParams(Params):
 class SimMIM(Method):
     name = "simmim"
     family = "masked image modelling"
+    standardize_features = True  # kNN on z-scored features (MAE's BatchNorm before the linear probe)
     paper = "Xie et al., SimMIM: A Simple Framework for Masked Image Modeling, CVPR 2022"
     summary = (
         "Masked patch embeddings are replaced by a learned token inside the encoder; a one-layer\n"
@@ -135,6 +136,14 @@ class SimMIM(Method):
         mask = self.generate_mask(imgs.shape[0], imgs.device, generator)
         x_rec = self.decoder(self.forward_encoder(imgs, mask))  # [N, 3, H, W]
         return self.forward_loss(imgs, x_rec, mask), x_rec, mask
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Unmasked image -> [B, D]: ViT: the mean patch token (the loss never reaches the CLS
+        output; SimMIM fine-tunes ViTs with mean pooling, as BEiT); Swin: its average pool."""
+        if self.is_swin:
+            return self.backbone(x)
+        return self.backbone.forward_tokens(x)[:, self.backbone.num_prefix_tokens:].mean(dim=1)
 
     # --------------------------------------------------------------- training
     def training_step(self, batch: Batch, step: int) -> StepOutput:

@@ -1,0 +1,95 @@
+"""kNN evaluation: per-dimension feature standardisation (eval.standardize) and who turns it on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.config import validate_config
+from engine.data import DataSplits, ImageSet
+from engine.evaluation import knn_evaluate, standardize, standardize_features
+from engine.methods import create_method, get_method
+from engine.methods.base import Method
+from test_cli import _tiny
+
+
+def test_standardize_uses_the_bank_statistics() -> None:
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(500, 6, generator=g) * torch.tensor([1.0, 10.0, 0.1, 3.0, 1.0, 1.0]) + 5.0
+    bank[:, 5] = 2.0  # a constant dimension: no division by zero
+    queries = torch.randn(40, 6, generator=g)
+    zb, zq = standardize(bank, queries)
+    assert torch.allclose(zb[:, :5].mean(0), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(zb[:, :5].std(0), torch.ones(5), atol=1e-5)
+    assert torch.isfinite(zb).all() and torch.isfinite(zq).all() and (zb[:, 5] == 0).all()
+    mu, sd = bank.mean(0), bank.std(0)
+    assert torch.allclose(zq[:, :5], ((queries - mu) / sd)[:, :5], atol=1e-5)  # the bank's, not the queries'
+
+
+# --------------------------------------------------------- knn_evaluate end to end
+N_CLASSES = 4
+
+
+def _images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [n, 3, 8, 8]: channel 0 = 100 + 2 x class (a small, clean signal), channels 1 and
+    2 = noise over the whole range (large variance, no class)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % N_CLASSES
+    img = torch.full((n, 3, 8, 8), 128, dtype=torch.uint8)
+    img[:, 0] = (100 + 2 * labels).to(torch.uint8).view(n, 1, 1)
+    img[:, 1:] = torch.randint(0, 256, (n, 2, 1, 1), generator=g, dtype=torch.uint8)
+    return img, labels
+
+
+class MeanColour(Method):
+    """A method whose features are the mean colour of the normalised image: [B, 3]."""
+
+    name = "mean_colour_test"
+    Params = get_method("simclr").Params  # the config's method is simclr
+
+    def __init__(self, cfg, image_size: int, standardize_default: bool) -> None:
+        super().__init__(cfg, image_size)
+        self.backbone = torch.nn.Identity()
+        self.standardize_features = standardize_default
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))  # [B, 3]
+
+
+def _evaluate(standardize_default: bool, setting: bool | None) -> float:
+    cfg = validate_config({**_tiny(), "eval": {"max_bank": 400, "max_queries": 200, "knn_k": 20,
+                                               "standardize": setting}})
+    tr, te = _images(400, 0), _images(200, 1)
+    data = DataSplits(train=ImageSet(tr[0], tr[1], [str(c) for c in range(N_CLASSES)]),
+                      test=ImageSet(te[0], te[1], [str(c) for c in range(N_CLASSES)]), name="toy", source="toy")
+    acc, pca, labels = knn_evaluate(MeanColour(cfg, 8, standardize_default), data, cfg, torch.device("cpu"))
+    assert pca is not None and pca.shape == (200, 2) and labels is not None
+    return acc
+
+
+def test_standardisation_recovers_a_small_signal_next_to_a_large_noise() -> None:
+    # raw cosine similarity is decided by the noisy channel: near chance (0.25)
+    assert _evaluate(False, None) < 0.5
+    # z-scored, the class channel counts as much as the noise: far above chance
+    assert _evaluate(True, None) > 0.8
+    # eval.standardize overrides the method's choice, both ways
+    assert _evaluate(False, True) > 0.8
+    assert _evaluate(True, False) < 0.5
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("mae", True), ("simmim", True), ("beit", True), ("multimae", True),
+    ("simclr", False), ("moco_v2", False), ("byol", False), ("dino", False), ("swav", False)])
+def test_masked_image_models_standardise_by_default(method: str, expected: bool) -> None:
+    cls = get_method(method)
+    assert cls.standardize_features is expected
+    assert (cls.family == "masked image modelling") is expected
+
+
+def test_config_setting_wins_over_the_method_default() -> None:
+    base = {**_tiny(), "method": "simclr"}
+    m = create_method(validate_config(base), 32)
+    assert standardize_features(m, validate_config(base)) is False
+    assert standardize_features(m, validate_config({**base, "eval": {"standardize": True}})) is True
+    with pytest.raises(Exception, match="standardize"):
+        validate_config({**base, "eval": {"standardize": "sometimes"}})
