@@ -105,6 +105,7 @@ class Evaluation(Event):
     kind: ClassVar[str] = "eval"
     knn_top1: float | None
     indicators: dict[str, float] = field(default_factory=dict)
+    knn_standardized: bool = False  # kNN on per-dimension z-scored features (eval.standardize)
     embedding: np.ndarray | None = None  # [Q, 2] PCA of backbone features
     labels: np.ndarray | None = None  # [Q]
 

@@ -35,7 +35,7 @@ from .data.stream import BatchStream
 from .errors import CheckpointError, ConfigError, DataError, TrainingError, UserError
 from .methods import create_method
 from .methods.base import Batch, Method
-from .evaluation import knn_evaluate
+from .evaluation import knn_evaluate, standardize_features
 from .monitors import collapse_indicators
 from .optim import build_optimizer, cosine_schedule, peak_lr, set_lr_wd, warmup_steps
 from .probes import save_probe
@@ -448,7 +448,8 @@ class Trainer:
         self.last_knn = knn
         if knn is not None and (self.best_knn is None or knn > self.best_knn):
             self.best_knn = knn
-        self._emit(ev.Evaluation(self.step, knn_top1=knn, indicators=indicators, embedding=emb, labels=labels))
+        self._emit(ev.Evaluation(self.step, knn_top1=knn, indicators=indicators, embedding=emb, labels=labels,
+                                 knn_standardized=knn is not None and standardize_features(self.method, self.cfg)))
         self._write_summary("running")
 
     @torch.no_grad()

@@ -93,3 +93,14 @@ def test_config_setting_wins_over_the_method_default() -> None:
     assert standardize_features(m, validate_config({**base, "eval": {"standardize": True}})) is True
     with pytest.raises(Exception, match="standardize"):
         validate_config({**base, "eval": {"standardize": "sometimes"}})
+
+
+def test_cli_line_names_the_protocol(capsys) -> None:
+    from engine import events as ev
+    from engine.cli.train import ProgressPrinter
+
+    printer = ProgressPrinter(quiet=True)
+    printer(ev.Evaluation(40, knn_top1=0.25, knn_standardized=True))
+    printer(ev.Evaluation(80, knn_top1=0.5))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["step 40: kNN top-1 0.2500 (standardised features)", "step 80: kNN top-1 0.5000"]

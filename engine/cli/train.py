@@ -65,7 +65,8 @@ class ProgressPrinter:
         elif isinstance(e, ev.Evaluation):
             ind = " ".join(f"{k}={v:.3g}" for k, v in e.indicators.items())
             knn = "n/a" if e.knn_top1 is None else f"{e.knn_top1:.4f}"
-            self._write(f"step {e.step}: kNN top-1 {knn} {ind}")
+            z = " (standardised features)" if e.knn_standardized else ""
+            self._write(f"step {e.step}: kNN top-1 {knn}{z} {ind}".rstrip())
         elif isinstance(e, (ev.RunWarning,)):
             self._write(f"warning: {e.message}")
         elif isinstance(e, ev.LiveChange):

@@ -21,7 +21,7 @@ from PySide6.QtCore import Signal
 from engine import events as ev
 
 from .curves import (
-    PALETTE, SeriesBuffer, SmoothedCurve, collapse_message, debiased_ema, make_plot, pen, ref_pen,
+    PALETTE, SeriesBuffer, SmoothedCurve, collapse_message, debiased_ema, is_dark, make_plot, pen, ref_pen,
 )
 from .embedding import EmbeddingView
 from .images import AttentionView, ProbeGridView
@@ -249,6 +249,7 @@ class Dashboard(QtWidgets.QWidget):
         self._status = ""
         self._message = ""
         self._last_knn: float | None = None
+        self._knn_title: str | None = None  # set by the run's first evaluation
         self._collapse_msg: str | None = None
         self._collapse_emitted = False
         self._markers: list[tuple[int, str]] = []
@@ -378,6 +379,10 @@ class Dashboard(QtWidgets.QWidget):
         s = e.step
         if e.knn_top1 is not None:
             self.buffers["knn_top1"].append(s, float(e.knn_top1))
+            title = "kNN top-1 (standardised features)" if e.knn_standardized else "kNN top-1"
+            if title != self._knn_title:  # once per run: the protocol is fixed by the config
+                self._knn_title = title
+                self.knn_plot.getPlotItem().setTitle(title, color="#ddd" if is_dark() else "#222", size="10pt")
             self._last_knn = float(e.knn_top1)
         for k, v in e.indicators.items():
             buf = self.indicator_buffers.get(k)

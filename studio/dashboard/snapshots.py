@@ -138,6 +138,7 @@ def row_to_event(row: dict[str, Any]) -> ev.Event | None:
         elif cls is ev.Evaluation:
             knn = kw.get("knn_top1")
             kw["knn_top1"] = None if knn is None else float(knn)
+            kw["knn_standardized"] = kw.get("knn_standardized") is True
             kw["indicators"] = {k: _num(v) for k, v in extra.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
         elif cls is ev.VisualProbe:

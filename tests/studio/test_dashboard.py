@@ -232,10 +232,22 @@ def test_probe_snapshot_files_roundtrip(tmp_path):
     row = ev.Evaluation(5, knn_top1=None, indicators={"std": 0.1}).to_json()
     e = row_to_event(row)
     assert isinstance(e, ev.Evaluation) and e.knn_top1 is None and e.indicators == {"std": 0.1}
+    assert e.knn_standardized is False
+    e = row_to_event(json.loads(json.dumps(ev.Evaluation(7, knn_top1=0.3, knn_standardized=True).to_json())))
+    assert e.knn_standardized is True and e.knn_top1 == 0.3 and e.indicators == {}  # a flag, not an indicator
     assert row_to_event({"event": "nonsense", "step": 1}) is None
 
 
 # ------------------------------------------------------------------------- the widget
+def test_knn_plot_names_the_protocol(dash):
+    title = lambda: dash.knn_plot.getPlotItem().titleLabel.text  # noqa: E731
+    dash.handle_events([ev.Evaluation(10, knn_top1=0.3, knn_standardized=True)])
+    assert "standardised features" in title()
+    dash.clear()  # a new run (a contrastive method): plain kNN
+    dash.handle_events([ev.Evaluation(10, knn_top1=0.3)])
+    assert title() == "kNN top-1"
+
+
 def test_dashboard_accepts_a_stream(dash, qtbot, tmp_path):
     warnings = []
     dash.collapse_warning.connect(warnings.append)
