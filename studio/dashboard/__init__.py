@@ -21,7 +21,7 @@ from PySide6.QtCore import Signal
 from engine import events as ev
 
 from .curves import (
-    PALETTE, SeriesBuffer, SmoothedCurve, collapse_message, debiased_ema, is_dark, make_plot, pen, ref_pen,
+    PALETTE, SeriesBuffer, SmoothedCurve, collapse_message, debiased_ema, make_plot, pen, ref_pen, set_title,
 )
 from .embedding import EmbeddingView
 from .images import AttentionView, ProbeGridView
@@ -382,7 +382,7 @@ class Dashboard(QtWidgets.QWidget):
             title = "kNN top-1 (standardised features)" if e.knn_standardized else "kNN top-1"
             if title != self._knn_title:  # once per run: the protocol is fixed by the config
                 self._knn_title = title
-                self.knn_plot.getPlotItem().setTitle(title, color="#ddd" if is_dark() else "#222", size="10pt")
+                set_title(self.knn_plot, title)
             self._last_knn = float(e.knn_top1)
         for k, v in e.indicators.items():
             buf = self.indicator_buffers.get(k)
