@@ -130,6 +130,17 @@ def test_layout_and_paper_defaults() -> None:
         build(**{"aug.global_crops.count": 0})
 
 
+def test_embed_is_the_cls_token_or_the_mean_patch_token() -> None:
+    m = build().eval()
+    x = shapes_batch(3).views[0]
+    with torch.no_grad():
+        tokens = m.backbone.forward_tokens(x)  # [3, 1 + 16, D]
+        torch.testing.assert_close(m.embed(x), tokens[:, 0])  # default: CLS
+        torch.testing.assert_close(tokens[:, 1:], m.encode(x))  # the same encoder as training, unmasked
+        m.p.embed_pool = "mean"
+        torch.testing.assert_close(m.embed(x), tokens[:, 1:].mean(1))
+
+
 def test_masked_patches_are_replaced_by_the_mask_embedding() -> None:
     m = build().eval()
     x = shapes_batch(2).views[0]

@@ -56,6 +56,25 @@ def test_one_layer_pixel_shuffle_head() -> None:
     assert isinstance(shuffle, torch.nn.PixelShuffle) and shuffle.upscale_factor == 4
 
 
+def test_vit_layer_scale_as_simmims_vit_and_plain_timm() -> None:
+    """SimMIM's ViT configs use LayerScale 0.1; the backbone stays a plain timm ViT built with
+    init_values=0.1 (what ssl-export passes on); 0 switches it off; Swin has none."""
+    import timm
+
+    assert get_method("simmim").Params().layer_scale == 0.1
+    m = build("simmim")
+    for blk in m.backbone.blocks:
+        assert torch.allclose(blk.ls1.gamma, torch.full_like(blk.ls1.gamma, 0.1))
+        assert torch.allclose(blk.ls2.gamma, torch.full_like(blk.ls2.gamma, 0.1))
+    vit = m.backbone
+    plain = timm.create_model(vit.timm_name, pretrained=False, img_size=32, patch_size=vit.patch_size,
+                              num_classes=0, init_values=vit.init_values)
+    plain.load_state_dict(vit.state_dict(), strict=True)
+    off = build("simmim", {"layer_scale": 0.0})
+    assert isinstance(off.backbone.blocks[0].ls1, torch.nn.Identity)
+    assert not any("gamma" in n for n in off.state_dict())
+
+
 def test_masks_are_groups_of_mask_patches() -> None:
     m = build("simmim")
     mask = m.generate_mask(16, "cpu", generator=torch.Generator().manual_seed(1)).reshape(16, 8, 8)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import timm
 import torch
-from timm.layers import Attention
+from timm.layers import Attention, LayerScale
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -103,6 +103,8 @@ class ViTBackboneMixin:
       the model has any) and ``L = gh * gw`` patch tokens in row-major order.
     * ``grid(h, w)``: patch grid ``(gh, gw)`` for an input of ``h x w`` pixels.
     * ``last_attention(x)``: CLS-to-patch attention of the last block, ``[B, heads, L]``.
+    * ``add_layer_scale(init)``: LayerScale (Touvron et al. 2021) on every block, as timm's
+      ``init_values=init`` builds it (BEiT and SimMIM's ViT use 0.1).
 
     Inputs of a size other than ``img_size`` are accepted (``dynamic_img_size=True``: the
     position embeddings are interpolated); their sides must be multiples of the patch
@@ -125,6 +127,17 @@ class ViTBackboneMixin:
             gh, gw = pe.dynamic_feat_size((h, w))
             return int(gh), int(gw)
         return h // self.patch_size, w // self.patch_size
+
+    def add_layer_scale(self, init: float) -> None:
+        """Per-channel residual scales ``gamma = init`` on both branches of every block.
+
+        The modules and ``state_dict`` keys (``blocks.i.ls1.gamma``) are those of timm's
+        ``init_values=init``; ``self.init_values`` records it for exporters."""
+        d = self.out_dim
+        for blk in self.blocks:  # type: ignore[attr-defined]
+            blk.ls1 = LayerScale(d, init_values=init)
+            blk.ls2 = LayerScale(d, init_values=init)
+        self.init_values = init
 
     def last_attention(self, x: torch.Tensor, renormalise: bool = True) -> torch.Tensor:
         """CLS-to-patch attention of the last block, for visual probes.

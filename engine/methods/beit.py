@@ -46,16 +46,20 @@ after the tokenizer stage plus the paper's warm-up. The tokenizer trains with th
 optimiser at a fixed learning rate ``tok_lr`` (no warm-up, no weight decay; a live change
 of ``optim.lr`` scales it too).
 
-``embed()`` for kNN is the mean of the encoder's patch tokens on the unmasked image (BEiT's
-linear probe averages patch representations; its CLS token gets no training signal).
+``embed()`` for kNN is the encoder's CLS token on the unmasked image (``embed_pool: cls``) or
+the mean of its patch tokens (``mean``; BEiT's linear probe averages patch representations).
+No loss reaches the CLS output directly, but it attends to the trained patch tokens, and it is
+the better kNN feature here: micro ViT, 32 px ``shapes``, 1,500 steps, standardised kNN:
+CLS 0.128 -> 0.168, mean patch token 0.116 -> 0.114 (tests/test_learning.py).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from timm.layers import LayerScale
 from torch import nn
 
 from ..augment import denormalize, resize_normalize
@@ -97,6 +101,8 @@ class BEiTParams(Params):
         0.1, ge=0.0, le=1.0,
         description="Tokenizer: restart codes used less than this fraction of the average (0: never).")
     tok_lr: float = Field(1e-3, gt=0.0, le=1.0, description="Tokenizer: fixed learning rate during stage one.")
+    embed_pool: Literal["cls", "mean"] = Field(
+        "cls", description="kNN / evaluation feature: the encoder's CLS token, or the mean of its patch tokens.")
 
     @model_validator(mode="after")
     def _tokenizer_source(self) -> "BEiTParams":
@@ -136,10 +142,7 @@ class BEiT(Method):
         vit = self.backbone
         d = vit.out_dim
         if p.layer_scale > 0:
-            for blk in vit.blocks:  # same modules (and state_dict keys) as timm's init_values=layer_scale
-                blk.ls1 = LayerScale(d, init_values=p.layer_scale)
-                blk.ls2 = LayerScale(d, init_values=p.layer_scale)
-            vit.init_values = p.layer_scale  # for exporters: timm.create_model(..., init_values=...)
+            vit.add_layer_scale(p.layer_scale)  # timm's init_values=layer_scale (exporters read it back)
         self.patch_size = vit.patch_size
         self.grid = vit.grid(image_size, image_size)  # (gh, gw)
         self.num_patches = self.grid[0] * self.grid[1]
@@ -239,8 +242,11 @@ class BEiT(Method):
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Unmasked image -> mean of the encoder's patch tokens after the final norm [B, D]."""
-        return self.encode(x).mean(dim=1)
+        """Unmasked image -> the CLS token (or the mean patch token) after the final norm [B, D]."""
+        tokens = self.backbone.forward_tokens(x)  # [B, P + L, D]
+        if self.p.embed_pool == "mean":
+            return tokens[:, self.num_prefix:].mean(dim=1)
+        return tokens[:, 0]
 
     # ------------------------------------------------------------------ probes
     @torch.no_grad()

@@ -26,11 +26,11 @@ Paper / official-code defaults kept here:
                      cosine to 1e-5 x batch / 512, gradient clipping 5.0; Swin-B: 100 epochs at
                      192 px, drop path 0 (preset ``simmim``)
 
-Differences from the official ViT: timm's ViT with its learned absolute position
-embedding, no shared relative position bias and no layer scale (SimMIM's ViT-B uses a
-shared relative position bias and layer scale 0.1). ``embed()`` for kNN is the backbone's
-own pooled feature of the full, unmasked image: the CLS token for a ViT, the average of
-the last stage for Swin.
+ViT encoder: LayerScale 0.1 on every block as SimMIM's ViT configs (``layer_scale``); unlike
+them, timm's learned absolute position embedding instead of a shared relative position bias.
+``embed()`` for kNN is a pooled feature of the full, unmasked image: the mean patch token for
+a ViT (no loss reaches its CLS output; SimMIM fine-tunes ViTs with mean pooling), the average
+of the last stage for Swin.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ class SimMIMParams(Params):
         description="Side of the square masked regions in pixels, a multiple of the model's patch size "
         "(32 in the paper); empty: 32 px at 192 px, scaled down for smaller images.",
     )
+    layer_scale: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="LayerScale init of the ViT blocks (0.1 in SimMIM's ViT configs; 0: off; not used by Swin).")
 
 
 class SimMIM(Method):
@@ -82,6 +85,8 @@ class SimMIM(Method):
         if not (self.is_swin or isinstance(self.backbone, ViTBackboneMixin)):
             raise ConfigError(f"SimMIM needs a ViT or Swin encoder (model.arch vit_* / swin_*), not '{cfg.model.arch}'")
         enc = self.backbone
+        if not self.is_swin and self.p.layer_scale > 0:
+            enc.add_layer_scale(self.p.layer_scale)  # SimMIM's ViT: init_values 0.1
         self.patch_size = enc.patch_size
         self.grid = enc.grid(image_size, image_size)  # model-patch grid (gh, gw)
         self.mask_patch = self.p.mask_patch or simmim_mask_patch(image_size, model_patch=self.patch_size)
