@@ -14,7 +14,7 @@ from engine.data.shapes import make_shapes
 from engine.errors import DataError
 from engine.methods import create_method, get_method
 from engine.methods.base import Batch
-from engine.methods.multimae import crop_thetas, joint_crop, masked_mean, standardize_depth
+from engine.methods.multimae import crop_thetas, cross_entropy_rows, joint_crop, masked_mean, standardize_depth
 from engine.presets import load_preset
 from helpers import with_
 from test_beit import train_keep
@@ -182,6 +182,32 @@ def test_losses_match_explicit_formulas() -> None:
         changed = preds[name].clone()
         changed[~mask] = 50.0
         assert masked_mean(m.per_token_loss(name, changed, target), mask).item() == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_cpu_cross_entropy_equals_torchs_with_gradients() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(500, 15, generator=g) * 30).requires_grad_()  # large logits: needs the max shift
+    labels = torch.randint(0, 15, (500,), generator=g)
+    ours = cross_entropy_rows(logits, labels)
+    (g_ours,) = torch.autograd.grad(ours.sum(), logits)
+    ref = F.cross_entropy(logits, labels, reduction="none")
+    (g_ref,) = torch.autograd.grad(ref.sum(), logits)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+@pytest.mark.parametrize("seg_classes", [15, 80])  # fewer / more classes than the 64 embedding channels
+def test_segmentation_adapter_is_embedding_then_patch_projection(seg_classes: int) -> None:
+    m = build({"seg_classes": seg_classes})
+    seg = torch.randint(0, seg_classes, (2, 32, 32), generator=torch.Generator().manual_seed(1))
+    got = m.seg_tokens(seg)  # [2, 16, D]
+    ref = m.seg_proj(m.seg_embed(seg).permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)  # the adapter as written
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    params = (m.seg_embed.weight, m.seg_proj.weight, m.seg_proj.bias)
+    for a, b in zip(torch.autograd.grad(got.pow(2).sum(), params), torch.autograd.grad(ref.pow(2).sum(), params)):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_step_loss_is_the_sum_of_the_task_losses() -> None:
