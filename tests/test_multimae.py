@@ -258,8 +258,12 @@ def test_embed_is_the_encoder_on_rgb_alone() -> None:
     lengths = first_block_lengths(m)
     e = m.embed(x)
     assert e.shape == (3, m.backbone.out_dim) and lengths == [17]
-    # the backbone carries the same sin-cos positions, so the exported ViT computes the same features
-    torch.testing.assert_close(e, m.backbone.forward_tokens(x)[:, 1:].mean(1), rtol=1e-4, atol=1e-5)
+    # the backbone carries the same sin-cos positions, so the exported ViT computes the same features:
+    # its CLS output (timm's own forward) is the global token
+    torch.testing.assert_close(e, m.backbone.forward_tokens(x)[:, 0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(e, m.backbone(x), rtol=1e-4, atol=1e-5)
+    m.p.embed_pool = "mean"
+    torch.testing.assert_close(m.embed(x), m.backbone.forward_tokens(x)[:, 1:].mean(1), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------ data and config

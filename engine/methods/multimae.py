@@ -45,8 +45,9 @@ Paper / official-code defaults kept here:
 ``params.modalities`` may restrict the run (it must keep rgb); a dataset without depth or
 segmentation (an image folder) works only with ``modalities: [rgb]``.
 
-``embed()`` for kNN: the encoder on RGB alone (all RGB tokens, no masking), the mean of its
-patch tokens after the final norm (MultiMAE's classification fine-tuning pools the same way).
+``embed()`` for kNN: the encoder on RGB alone (all RGB tokens, no masking), its global token
+after the final norm (``embed_pool: cls``; every decoder cross-attends to it), or the mean of
+its patch tokens (``mean``, as MultiMAE's classification fine-tuning pools).
 Probes: per modality original | masked | prediction | prediction pasted into the visible
 patches, and ``cross_modal``: depth and segmentation predicted from RGB alone. They use the
 first 8 images of the first training batch (with their depth and segmentation), since the
@@ -103,6 +104,8 @@ class MultiMAEParams(Params):
         15, ge=2, le=1024,
         description="Segmentation classes including background (shapes: 15 covers all; COCO: 133).")
     seg_embed_dim: int = Field(64, ge=4, le=1024, description="Segmentation class-embedding width (64).")
+    embed_pool: Literal["cls", "mean"] = Field(
+        "cls", description="kNN / evaluation feature: the encoder's global token, or the mean of its patch tokens.")
 
     @field_validator("modalities")
     @classmethod
@@ -497,8 +500,12 @@ class MultiMAE(Method):
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """RGB alone, nothing masked: x [B, 3, H, W] normalised -> mean patch token [B, D]."""
-        return self.run_encoder(self.tokens("rgb", x))[:, 1:].mean(dim=1)
+        """RGB alone, nothing masked: x [B, 3, H, W] normalised -> the global token (or the mean
+        patch token, ``embed_pool: mean``) after the final norm [B, D]."""
+        tokens = self.run_encoder(self.tokens("rgb", x))  # [B, 1 + L, D]
+        if self.p.embed_pool == "mean":
+            return tokens[:, 1:].mean(dim=1)
+        return tokens[:, 0]
 
     @torch.no_grad()
     def predict_from_rgb(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
