@@ -18,6 +18,11 @@ Generators:
   masking of square groups of model patches (32 px mask patches at 192 px).
 * :func:`block_masking` - BEiT (Bao et al. 2022, Algorithm 1): blockwise masking with
   rectangles of at least ``min_block`` patches and aspect ratio in [0.3, 1/0.3].
+* :func:`grid_masking` - MAE's grid-wise sampling (He et al. 2022, Fig. 6 / Table 1f): one
+  patch of every 2 x 2 is kept (mask ratio 0.75 by construction).
+* :func:`patch_mask` - one entry point for the interchangeable patch-level masks
+  (``random`` / ``block`` / ``grid``, the mask-type ablations of MAE, SimMIM and BEiT) with
+  an exact count; :func:`ids_from_mask` turns any such mask into MAE's gather indices.
 * :func:`dirichlet_allocation` / :func:`multimodal_random_masking` - MultiMAE
   (Bachmann et al. 2022): a Dirichlet-distributed split of the visible-token budget
   between modalities, then uniform sampling within each modality.
@@ -32,11 +37,17 @@ import random
 import numpy as np
 import torch
 
+MASK_TYPES = ("random", "block", "grid")  # patch_mask's kinds
+
 __all__ = [
+    "MASK_TYPES",
     "block_masking",
     "dirichlet_allocation",
+    "grid_masking",
+    "ids_from_mask",
     "mask_to_pixels",
     "multimodal_random_masking",
+    "patch_mask",
     "random_masking",
     "simmim_mask",
     "simmim_mask_patch",
@@ -102,6 +113,62 @@ def random_masking(
     mask[:, :len_keep] = False  # in shuffled order: first L_keep are visible
     mask = torch.gather(mask, 1, ids_restore)  # back to patch order
     return ids_keep, mask, ids_restore
+
+
+def grid_masking(n: int, grid: tuple[int, int], device=None) -> torch.Tensor:
+    """MAE's grid-wise sampling: the top-left patch of every 2 x 2 cell is kept, the others
+    masked (75 %; on odd grids the last row / column keeps its even positions). The same
+    mask for every image. Returns bool [n, gh * gw], True = masked."""
+    gh, gw = _grid(grid)
+    r = torch.arange(gh, device=device)[:, None]
+    c = torch.arange(gw, device=device)[None, :]
+    keep = (r % 2 == 0) & (c % 2 == 0)  # [gh, gw]
+    return (~keep).reshape(1, gh * gw).expand(n, -1).clone()
+
+
+def patch_mask(
+    kind: str,
+    n: int,
+    grid: tuple[int, int],
+    num_masked: int,
+    min_block: int = 16,
+    device=None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A patch-level mask of one of :data:`MASK_TYPES`: bool [n, gh * gw], True = masked.
+
+    * ``random``: ``num_masked`` patches chosen uniformly per image (argsort of noise);
+    * ``block``: BEiT's blockwise masking with exactly ``num_masked`` patches
+      (:func:`block_masking`, blocks of at least ``min_block`` patches at 14 x 14, scaled);
+    * ``grid``: MAE's grid-wise sampling (:func:`grid_masking`); ``num_masked`` is ignored.
+    """
+    dev = _device(device, generator)
+    gh, gw = _grid(grid)
+    L = gh * gw
+    if kind == "grid":
+        return grid_masking(n, (gh, gw), device=dev)
+    if not 0 <= int(num_masked) <= L:
+        raise ValueError(f"num_masked must be in [0, {L}], got {num_masked}")
+    if kind == "random":
+        ranks = torch.argsort(torch.argsort(_rand((n, L), dev, generator), dim=1), dim=1)
+        return ranks < int(num_masked)
+    if kind == "block":
+        return block_masking(n, (gh, gw), int(num_masked), min_block=min_block, device=dev, generator=generator)
+    raise ValueError(f"unknown mask type '{kind}': use one of {', '.join(MASK_TYPES)}")
+
+
+def ids_from_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAE's gather indices for any mask with the same count per image: mask bool [n, L] ->
+    (ids_keep long [n, L_keep] (visible patches, in patch order), ids_restore long [n, L]), as
+    :func:`random_masking` returns them (``cat([kept, masked])`` gathered with ``ids_restore``
+    is back in patch order)."""
+    counts = (~mask).sum(1)
+    if mask.shape[0] and not bool((counts == counts[0]).all()):
+        raise ValueError("every image of the batch needs the same number of visible patches")
+    ids_shuffle = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)  # visible first, in patch order
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    keep = int(counts[0]) if mask.shape[0] else 0
+    return ids_shuffle[:, :keep], ids_restore
 
 
 # ------------------------------------------------------------------- SimMIM

@@ -98,7 +98,7 @@ def test_method_loss_uses_the_head_on_masked_tokens_only() -> None:
     g = torch.Generator().manual_seed(1)
     h = torch.randn(2, m.num_patches, m.backbone.out_dim, generator=g)
     targets = torch.randint(0, 64, (2, m.num_patches), generator=g)
-    mask = m.block_mask(2, "cpu", generator=g)
+    mask = m.generate_mask(2, "cpu", generator=g)
     loss, logits = m.mim_loss(h, targets, mask)
     assert logits.shape == (int(mask.sum()), 64)
     assert loss.item() == pytest.approx(mim_cross_entropy(m.head(h), targets, mask).item(), rel=1e-5)
@@ -122,7 +122,7 @@ def test_layout_and_paper_defaults() -> None:
                               init_values=m.backbone.init_values)
     plain.load_state_dict(m.backbone.state_dict(), strict=True)
     assert m.num_masked() == round(0.4 * 16)
-    mask = m.block_mask(5, "cpu")
+    mask = m.generate_mask(5, "cpu")
     assert mask.shape == (5, 16) and (mask.sum(1) == m.num_masked()).all()
     with pytest.raises(ConfigError, match="ViT"):
         build(**{"model.arch": "resnet18"})
@@ -178,7 +178,7 @@ def test_stage_switch_and_frozen_tokenizer() -> None:
     torch.manual_seed(5)
     x = batch.views[0]
     targets = m.tokenizer.encode(x).reshape(8, -1)
-    mask = m.block_mask(8, "cpu")
+    mask = m.generate_mask(8, "cpu")
     expected = mim_cross_entropy(m.head(m.encode(x, mask)), targets, mask)
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -231,9 +231,14 @@ def test_bad_tokenizer_paths(tmp_path) -> None:
 
 def test_live_mask_ratio_and_config() -> None:
     cls = get_method("beit")
-    assert cls.live_params == ("mask_ratio",)
+    assert cls.live_params == ("mask_ratio", "mask_type")
     m = build()
     assert m.set_live("mask_ratio", 0.6) == 0.4 and m.num_masked() == round(0.6 * 16)
+    assert m.set_live("mask_type", "random") == "block"  # the paper's ablation without blockwise masking
+    g = torch.Generator().manual_seed(0)
+    assert (m.generate_mask(64, "cpu", generator=g).sum(1) == m.num_masked()).all()
+    loss = m.training_step(shapes_batch(4), 10).loss  # stage two (3 tokenizer steps) with random masks
+    assert torch.isfinite(loss)
     with pytest.raises(ValidationError):
         m.set_live("mask_ratio", 0.99)
     for name, field in cls.Params.model_fields.items():

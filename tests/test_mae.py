@@ -25,7 +25,7 @@ from engine.probes import (
     unnormalize_norm_pix,
     unpatchify,
 )
-from helpers import with_  # also registers timm's vit_mim_micro
+from helpers import metrics, with_  # also registers timm's vit_mim_micro
 from test_byol import check_diagram, check_run, final_eval, train_vs_untrained
 from test_cli import _tiny
 
@@ -47,6 +47,61 @@ def build(method: str, params: dict | None = None, **dotted):
 def images_u8(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("kind", ["block", "grid"])
+def test_mask_types_feed_the_encoder_the_visible_patches_only(kind: str) -> None:
+    m = build("mae", SMALL_DEC)
+    assert m.Params().mask_type == "random" and "mask_type" in m.live_params
+    assert m.set_live("mask_type", kind) == "random"
+    seen: list[torch.Tensor] = []
+    handle = m.backbone.blocks[0].register_forward_pre_hook(lambda _mod, args: seen.append(args[0].detach()))
+    try:
+        x = torch.randn(3, 3, 32, 32)
+        loss, pred, mask = m(x, generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert (mask.sum(1) == 48).all()  # 3/4 of 64 either way
+    assert seen[-1].shape == (3, 1 + 16, 64)
+    if kind == "grid":
+        assert torch.equal(mask[0], ~((torch.arange(8)[:, None] % 2 == 0) & (torch.arange(8) % 2 == 0)).reshape(64))
+    assert torch.isfinite(loss) and pred.shape == (3, 64, 4 * 4 * 3)
+    with pytest.raises(ValidationError):
+        m.set_live("mask_type", "square")
+    cfg = validate_config(with_(_tiny(), method="mae", params={**SMALL_DEC, "mask_type": kind}, **{**MICRO, **ONE_CROP}))
+    prev = get_method("mae").mask_preview(images_u8(2), cfg)
+    assert ((prev == MASK_GREY).all(dim=1).float().mean(dim=(1, 2)) >= 0.7).all()
+
+
+def test_live_mask_type_change_in_a_run(tmp_path, monkeypatch) -> None:
+    """ssl-train / the studio switch the mask type between steps; the change is logged."""
+    from engine import events as ev
+    from engine.methods.mae import MAE
+    from engine.trainer import Trainer
+
+    kinds: list[str] = []
+    real = MAE.masking
+
+    def spy(self, n, device, generator=None):
+        kinds.append(self.p.mask_type)
+        return real(self, n, device, generator)
+
+    monkeypatch.setattr(MAE, "masking", spy)
+    cfg = validate_config(with_(_tiny(), method="mae", params=SMALL_DEC, **{
+        **MICRO, **ONE_CROP, "train.steps": 5, "train.log_every": 1, "train.eval_every": 0}))
+    seen: list = []
+    tr = Trainer(cfg, tmp_path / "r", listeners=(seen.append,))
+
+    def on(e):
+        if isinstance(e, ev.StepMetrics) and e.step == 2:
+            tr.set_param("params.mask_type", "block")
+
+    tr.subscribe(on)
+    assert tr.run().status == "completed"
+    assert kinds[:2] == ["random", "random"] and kinds[-1] == "block"
+    changes = [e for e in seen if isinstance(e, ev.LiveChange)]
+    assert [(c.key, c.new) for c in changes] == [("params.mask_type", "block")]
+    assert any(r["event"] == "live_change" and r.get("key") == "params.mask_type" for r in metrics(tmp_path / "r"))
 
 
 # ---------------------------------------------------------------------- encoder

@@ -12,8 +12,11 @@ import torch
 from engine.masking import (
     block_masking,
     dirichlet_allocation,
+    grid_masking,
+    ids_from_mask,
     mask_to_pixels,
     multimodal_random_masking,
+    patch_mask,
     random_masking,
     simmim_mask,
     simmim_mask_patch,
@@ -216,11 +219,57 @@ def test_mask_to_pixels():
     assert int(px.sum()) == 3 * 16
 
 
+# ------------------------------------------------------ mask types (ablations)
+def test_grid_masking_keeps_one_of_every_two_by_two() -> None:
+    m = grid_masking(3, (4, 6))
+    assert m.shape == (3, 24) and (m == m[0]).all()
+    keep = ~m[0].reshape(4, 6)
+    assert keep.sum() == 6 and keep[0::2, 0::2].all() and not keep[1::2].any() and not keep[:, 1::2].any()
+    assert grid_masking(1, (8, 8)).float().mean() == 0.75
+    assert (~grid_masking(1, (5, 5))).sum() == 9  # odd grids keep the even rows and columns
+
+
+def test_patch_mask_kinds_have_exact_counts() -> None:
+    for kind in ("random", "block"):
+        m = patch_mask(kind, 64, (8, 8), 26, generator=gen(1))
+        assert m.shape == (64, 64) and (m.sum(1) == 26).all(), kind
+    # random: every patch equally likely; block: what block_masking draws
+    freq = patch_mask("random", 4000, (4, 4), 6, generator=gen(2)).float().mean(0)
+    assert (freq - 6 / 16).abs().max() < 0.04
+    assert torch.equal(patch_mask("block", 5, (8, 8), 26, generator=gen(3)), block_masking(5, (8, 8), 26, generator=gen(3)))
+    block = patch_mask("block", 200, (8, 8), 26, generator=gen(4)).reshape(200, 8, 8).numpy()
+    rand = patch_mask("random", 200, (8, 8), 26, generator=gen(4)).reshape(200, 8, 8).numpy()
+    assert np.mean([components(b) for b in block]) < 0.5 * np.mean([components(r) for r in rand])
+    with pytest.raises(ValueError, match="unknown mask type"):
+        patch_mask("square", 2, (4, 4), 3)
+    with pytest.raises(ValueError, match="num_masked"):
+        patch_mask("random", 2, (4, 4), 17)
+
+
+@pytest.mark.parametrize("kind", ["random", "block", "grid"])
+def test_ids_from_mask_match_maes_shuffle_and_restore(kind: str) -> None:
+    mask = patch_mask(kind, 5, (6, 6), 27, generator=gen(5))  # [5, 36]
+    ids_keep, ids_restore = ids_from_mask(mask)
+    keep = int((~mask[0]).sum())
+    assert ids_keep.shape == (5, keep)
+    assert (~mask.gather(1, ids_keep)).all()  # the kept ids are the visible patches
+    x = torch.arange(36.0).expand(5, 36)  # token values = patch index
+    shuffled = torch.cat([x.gather(1, ids_keep), torch.full((5, 36 - keep), -1.0)], dim=1)  # kept + mask tokens
+    restored = shuffled.gather(1, ids_restore)
+    assert torch.equal(restored == -1.0, mask)  # mask tokens land on the masked positions
+    assert torch.equal(restored[~mask], x[~mask])  # visible tokens back in place
+    bad = torch.zeros(2, 4, dtype=torch.bool)
+    bad[0, 0] = True
+    with pytest.raises(ValueError, match="same number"):
+        ids_from_mask(bad)
+
+
 # --------------------------------------------------------------- determinism
 @pytest.mark.parametrize("fn", [
     lambda g: random_masking(6, 64, 0.75, generator=g)[1],
     lambda g: simmim_mask(6, (8, 8), 8, 4, 0.6, generator=g),
     lambda g: block_masking(6, (8, 8), 26, generator=g),
+    lambda g: patch_mask("random", 6, (8, 8), 26, generator=g),
     lambda g: dirichlet_allocation(6, 40, 3, generator=g),
     lambda g: multimodal_random_masking(torch.full((6, 2), 5), [16, 16], generator=g)[1][1],
 ])

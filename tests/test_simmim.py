@@ -75,6 +75,19 @@ def test_vit_layer_scale_as_simmims_vit_and_plain_timm() -> None:
     assert not any("gamma" in n for n in off.state_dict())
 
 
+def test_block_mask_type_and_live_switch() -> None:
+    m = build("simmim")
+    assert m.p.mask_type == "random" and "mask_type" in m.live_params
+    assert m.set_live("mask_type", "block") == "random"
+    mask = m.generate_mask(6, "cpu", generator=torch.Generator().manual_seed(2))
+    assert (mask.sum(1) == round(0.6 * 64)).all()  # model-patch count, not whole mask-patch groups
+    x = torch.randn(2, 3, 32, 32)
+    loss, x_rec, used = m(x, generator=torch.Generator().manual_seed(3))
+    assert torch.isfinite(loss) and (used.sum(1) == round(0.6 * 64)).all()
+    with pytest.raises(ValidationError):
+        m.set_live("mask_type", "grid")
+
+
 def test_masks_are_groups_of_mask_patches() -> None:
     m = build("simmim")
     mask = m.generate_mask(16, "cpu", generator=torch.Generator().manual_seed(1)).reshape(16, 8, 8)

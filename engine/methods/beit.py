@@ -66,7 +66,7 @@ from ..augment import denormalize, resize_normalize
 from ..components import ViTBackboneMixin, build_backbone
 from ..components.tokenizer import VQTokenizer, load_tokenizer, tokenizer_config
 from ..errors import CheckpointError, ConfigError
-from ..masking import block_masking
+from ..masking import patch_mask
 from ..optim import peak_lr
 from ..probes import mask_images, reconstruction_panels, to_hwc_uint8
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
@@ -77,6 +77,9 @@ PROBE_SEED = 1234  # the probe's mask is the same at every snapshot, so snapshot
 class BEiTParams(Params):
     mask_ratio: float = Field(
         0.4, ge=0.05, le=0.9, description="Fraction of patches masked (blockwise); 0.4 in the paper (75 of 196).")
+    mask_type: Literal["block", "random"] = Field(
+        "block", description="Blockwise masking (the paper) or the same number of patches at random "
+        "(the paper's ablation without blockwise masking).")
     min_block: int = Field(
         16, ge=1, le=1024,
         description="Smallest masked block in patches at BEiT's 14x14 grid (16); scaled down for smaller grids.")
@@ -128,7 +131,7 @@ class BEiT(Method):
         "patch, its discrete visual token from a VQ-VAE tokenizer (trained first, then frozen)."
     )
     Params = BEiTParams
-    live_params = ("mask_ratio",)
+    live_params = ("mask_ratio", "mask_type")
 
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
@@ -193,10 +196,10 @@ class BEiT(Method):
     def num_masked(self) -> int:
         return max(1, min(self.num_patches - 1, round(self.p.mask_ratio * self.num_patches)))
 
-    def block_mask(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Blockwise mask [n, L], True = masked, exactly num_masked() per image."""
-        return block_masking(n, self.grid, self.num_masked(), min_block=self.p.min_block,
-                             device=device, generator=generator)
+    def generate_mask(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Blockwise (or random, ``mask_type``) mask [n, L], True = masked, exactly num_masked() per image."""
+        return patch_mask(self.p.mask_type, n, self.grid, self.num_masked(), min_block=self.p.min_block,
+                          device=device, generator=generator)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, 3, H, W] (normalised), mask [B, L] (True = masked) or None -> patch tokens [B, L, D]."""
@@ -228,7 +231,7 @@ class BEiT(Method):
         B = x.shape[0]
         with torch.no_grad():
             targets = self.tokenizer.encode(x).reshape(B, -1)  # visual tokens of the unmasked image: [B, L]
-        mask = self.block_mask(B, x.device)  # [B, L], True = masked
+        mask = self.generate_mask(B, x.device)  # [B, L], True = masked
         h = self.encode(x, mask)  # h: [B, L, D]
         loss, logits = self.mim_loss(h, targets, mask)  # logits: [M, K]
         acc = (logits.detach().argmax(-1) == targets[mask]).float().mean()
@@ -268,7 +271,7 @@ class BEiT(Method):
                      "tokenizer_mse": float(F.mse_loss(rec, x))}}}
         if bool(self.tokenizer_ready):
             g = torch.Generator().manual_seed(PROBE_SEED)
-            mask = self.block_mask(n, x.device, generator=g)  # [N, L]
+            mask = self.generate_mask(n, x.device, generator=g)  # [N, L]
             logits = self.head(self.encode(x, mask))  # [N, L, K]
             pred = torch.where(mask, logits.argmax(-1), codes.reshape(n, -1))  # predicted tokens where masked
             img = self.tokenizer.decode_codes(pred.reshape(codes.shape)).float()  # [N, 3, s, s]
@@ -281,7 +284,7 @@ class BEiT(Method):
 
     @classmethod
     def mask_preview(cls, images: torch.Tensor, cfg) -> torch.Tensor:
-        """The data page's masked-input preview: uint8 [N, 3, H, W] -> uint8 [N, 3, s, s], blockwise mask grey."""
+        """The data page's masked-input preview: uint8 [N, 3, H, W] -> uint8 [N, 3, s, s], masked patches grey."""
         size = cfg.aug.global_crops.size or int(images.shape[-1])
         ps = cfg.model.patch_size
         p = cls.Params(**cfg.params)
@@ -293,7 +296,7 @@ class BEiT(Method):
         L = grid[0] * grid[1]
         k = max(1, min(L - 1, round(p.mask_ratio * L)))
         g = torch.Generator().manual_seed(PROBE_SEED)
-        mask = block_masking(x.shape[0], grid, k, min_block=p.min_block, generator=g)
+        mask = patch_mask(p.mask_type, x.shape[0], grid, k, min_block=p.min_block, generator=g)
         return mask_images(x[..., : grid[0] * ps, : grid[1] * ps], mask, grid, ps)
 
     # ----------------------------------------------------------------- diagram
@@ -309,7 +312,8 @@ class BEiT(Method):
                        "params.tok_width", "params.tok_res_blocks", "params.tok_ema", "params.tok_decay",
                        "params.tok_beta", "params.tok_restart", "params.tok_lr"],
                       note="stage 1: trained on the same images; stage 2: frozen, one token per patch"),
-                Block("mask", "blockwise masking", "op", ["params.mask_ratio", "params.min_block", "model.patch_size"],
+                Block("mask", "blockwise masking", "op",
+                      ["params.mask_ratio", "params.mask_type", "params.min_block", "model.patch_size"],
                       note="rectangular blocks, aspect 0.3-3.3, until ~40% of the patches are masked"),
                 Block("encoder", "ViT + [MASK] embedding", "encoder",
                       ["model.arch", "model.patch_size", "model.drop_path", "params.layer_scale"],

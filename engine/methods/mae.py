@@ -11,7 +11,8 @@ positions) and predicts the pixels of every patch; the MSE is taken on the remov
 only, against per-patch normalised pixels (``norm_pix_loss``).
 
 Paper / official-code defaults kept here:
-    masking          random, mask ratio 0.75 (exactly int(L * 0.25) visible patches per image)
+    masking          random, mask ratio 0.75 (exactly int(L * 0.25) visible patches per image);
+                     ``mask_type`` block / grid: the paper's sampling ablation (Table 1f, Fig. 6)
     encoder          ViT (timm, ``model.arch``); fixed 2-D sin-cos position embedding; MAE's init
                      (Xavier-uniform Linear layers and patch projection, tokens N(0, 0.02))
     decoder          512 wide, 8 blocks, 16 heads, MLP ratio 4; fixed 2-D sin-cos positions;
@@ -39,7 +40,7 @@ from torch import nn
 from ..augment import resize_normalize, resize_u8
 from ..components import ViTBackboneMixin, build_backbone
 from ..errors import ConfigError
-from ..masking import random_masking
+from ..masking import ids_from_mask, patch_mask, random_masking
 from ..probes import attention_probe, mask_images, norm_pix_target, patchify, reconstruction_panels
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
 from .moco_v3 import sincos_2d
@@ -47,11 +48,27 @@ from .moco_v3 import sincos_2d
 PROBE_SEED = 1234  # the probe's mask is the same at every snapshot, so snapshots compare
 
 
+def mae_masking(kind: str, n: int, grid: tuple[int, int], mask_ratio: float, device=None,
+                generator: torch.Generator | None = None):
+    """(ids_keep [n, L_keep], mask [n, L] True = removed, ids_restore [n, L]): MAE's random
+    masking, or a blockwise / grid-wise mask (``patch_mask``) with the same count of removed
+    patches (grid: 3 of every 2 x 2)."""
+    L = grid[0] * grid[1]
+    if kind == "random":
+        return random_masking(n, L, mask_ratio, device=device, generator=generator)
+    mask = patch_mask(kind, n, grid, L - int(L * (1 - mask_ratio)), device=device, generator=generator)
+    ids_keep, ids_restore = ids_from_mask(mask)
+    return ids_keep, mask, ids_restore
+
+
 class MAEParams(Params):
     mask_ratio: float = Field(
         0.75, ge=0.05, le=0.95,
         description="Fraction of patches removed before the encoder (0.75 in the paper).",
     )
+    mask_type: Literal["random", "block", "grid"] = Field(
+        "random", description="Which patches are removed: random (the paper), block (BEiT's blockwise, the same "
+        "count) or grid (one of every 2x2 kept: 75 %, mask_ratio ignored); the paper's Table 1f ablation.")
     decoder_dim: int = Field(512, ge=16, le=4096, description="Decoder width (512 in the paper).")
     decoder_depth: int = Field(8, ge=1, le=32, description="Decoder Transformer blocks (8 in the paper).")
     decoder_heads: int = Field(16, ge=1, le=64, description="Decoder attention heads (16 in the paper).")
@@ -81,7 +98,7 @@ class MAE(Method):
         "reconstructs the pixels of the removed ones (MSE on masked patches)."
     )
     Params = MAEParams
-    live_params = ("mask_ratio",)
+    live_params = ("mask_ratio", "mask_type")
 
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
@@ -144,9 +161,9 @@ class MAE(Method):
         """imgs [N, 3, H, W] -> patches [N, L, p * p * 3]."""
         return patchify(imgs, self.patch_size)
 
-    def random_masking(self, n: int, device, generator: torch.Generator | None = None):
-        """(ids_keep [N, L_keep], mask [N, L] True = removed, ids_restore [N, L])."""
-        return random_masking(n, self.num_patches, self.p.mask_ratio, device=device, generator=generator)
+    def masking(self, n: int, device, generator: torch.Generator | None = None):
+        """(ids_keep [N, L_keep], mask [N, L] True = removed, ids_restore [N, L]) of params.mask_type."""
+        return mae_masking(self.p.mask_type, n, self.grid, self.p.mask_ratio, device, generator)
 
     def forward_encoder(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Encode the visible patches only: imgs [N, 3, H, W] -> latent [N, P + L_keep, D]."""
@@ -184,7 +201,7 @@ class MAE(Method):
 
     def forward(self, imgs: torch.Tensor, generator: torch.Generator | None = None):
         """imgs [N, 3, H, W] -> (loss, pred [N, L, p p 3], mask [N, L])."""
-        ids_keep, mask, ids_restore = self.random_masking(imgs.shape[0], imgs.device, generator)
+        ids_keep, mask, ids_restore = self.masking(imgs.shape[0], imgs.device, generator)
         latent = self.forward_encoder(imgs, ids_keep)
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(imgs, pred, mask), pred, mask
@@ -228,7 +245,8 @@ class MAE(Method):
         x = resize_u8(images, size)
         grid = (size // ps, size // ps)
         g = torch.Generator().manual_seed(PROBE_SEED)
-        _, mask, _ = random_masking(x.shape[0], grid[0] * grid[1], ratio, generator=g)
+        kind = cfg.params.get("mask_type", cls.Params().mask_type)
+        _, mask, _ = mae_masking(kind, x.shape[0], grid, ratio, generator=g)
         return mask_images(x[..., : grid[0] * ps, : grid[1] * ps], mask, grid, ps)
 
     # ----------------------------------------------------------------- diagram
@@ -239,8 +257,8 @@ class MAE(Method):
                 Block("data", "images", "data", ["data.source", "train.batch_size"]),
                 Block("aug", "random-resized crop + flip", "augment",
                       ["aug.global_crops.size", "aug.global_crops.scale", "aug.hflip_p"]),
-                Block("mask", "random masking", "op", ["params.mask_ratio", "model.patch_size"],
-                      note="keep a random int(L (1 - ratio)) patches per image"),
+                Block("mask", "random masking", "op", ["params.mask_ratio", "params.mask_type", "model.patch_size"],
+                      note="keep a random int(L (1 - ratio)) patches per image (or blockwise / grid-wise)"),
                 Block("encoder", "ViT encoder (visible patches only)", "encoder",
                       ["model.arch", "model.patch_size", "model.drop_path"],
                       note="sin-cos positions, CLS + visible tokens; no mask tokens"),

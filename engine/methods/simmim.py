@@ -35,6 +35,8 @@ of the last stage for Swin.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -44,11 +46,22 @@ from ..augment import resize_normalize, resize_u8
 from ..components import ViTBackboneMixin, build_backbone
 from ..components.backbones import SwinBackboneMixin
 from ..errors import ConfigError
-from ..masking import mask_to_pixels, simmim_mask, simmim_mask_patch
+from ..masking import mask_to_pixels, patch_mask, simmim_mask, simmim_mask_patch
 from ..probes import attention_probe, mask_images, reconstruction_panels
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
 
 PROBE_SEED = 1234  # the probe's mask is the same at every snapshot
+
+
+def simmim_masking(kind: str, n: int, grid: tuple[int, int], mask_patch: int, model_patch: int, mask_ratio: float,
+                   device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """bool [n, L], True = masked: SimMIM's random mask patches (``random``), or BEiT's blockwise
+    masking of round(mask_ratio x L) model patches (``block``)."""
+    if kind == "block":
+        L = grid[0] * grid[1]
+        k = max(1, min(L - 1, round(mask_ratio * L)))
+        return patch_mask("block", n, grid, k, device=device, generator=generator)
+    return simmim_mask(n, grid, mask_patch, model_patch, mask_ratio, device=device, generator=generator)
 
 
 class SimMIMParams(Params):
@@ -60,6 +73,9 @@ class SimMIMParams(Params):
         description="Side of the square masked regions in pixels, a multiple of the model's patch size "
         "(32 in the paper); empty: 32 px at 192 px, scaled down for smaller images.",
     )
+    mask_type: Literal["random", "block"] = Field(
+        "random", description="SimMIM's random mask patches (the paper) or BEiT's blockwise masking of the same "
+        "fraction of model patches (the paper's masking-strategy ablation).")
     layer_scale: float = Field(
         0.1, ge=0.0, le=1.0,
         description="LayerScale init of the ViT blocks (0.1 in SimMIM's ViT configs; 0: off; not used by Swin).")
@@ -75,7 +91,7 @@ class SimMIM(Method):
         "head predicts the raw pixels, with an L1 loss on the masked regions."
     )
     Params = SimMIMParams
-    live_params = ("mask_ratio",)
+    live_params = ("mask_ratio", "mask_type")
 
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
@@ -105,9 +121,9 @@ class SimMIM(Method):
 
     # ----------------------------------------------------------------- pieces
     def generate_mask(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """SimMIM's mask generator at model-patch resolution: bool [N, L], True = masked."""
-        return simmim_mask(n, self.grid, self.mask_patch, self.patch_size, self.p.mask_ratio,
-                           device=device, generator=generator)
+        """SimMIM's mask generator (or blockwise, ``mask_type``) at model-patch resolution: bool [N, L], True = masked."""
+        return simmim_masking(self.p.mask_type, n, self.grid, self.mask_patch, self.patch_size, self.p.mask_ratio,
+                              device=device, generator=generator)
 
     def _mask_tokens(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x * (1 - w) + mask_token * w: x [N, gh, gw, C] or [N, L, C], mask [N, L]."""
@@ -194,7 +210,7 @@ class SimMIM(Method):
         grid = (size // ps, size // ps)
         x = resize_u8(images, size)
         g = torch.Generator().manual_seed(PROBE_SEED)
-        mask = simmim_mask(x.shape[0], grid, mp, ps, p.mask_ratio, generator=g)
+        mask = simmim_masking(p.mask_type, x.shape[0], grid, mp, ps, p.mask_ratio, generator=g)
         return mask_images(x[..., : grid[0] * ps, : grid[1] * ps], mask, grid, ps)
 
     # ----------------------------------------------------------------- diagram
@@ -205,7 +221,7 @@ class SimMIM(Method):
                 Block("data", "images", "data", ["data.source", "train.batch_size"]),
                 Block("aug", "random-resized crop + flip", "augment",
                       ["aug.global_crops.size", "aug.global_crops.scale", "aug.hflip_p"]),
-                Block("mask", "random mask patches", "op", ["params.mask_ratio", "params.mask_patch"],
+                Block("mask", "random mask patches", "op", ["params.mask_ratio", "params.mask_patch", "params.mask_type"],
                       note="squares of mask_patch px (32 at 192 px); exactly ceil(ratio x groups) masked"),
                 Block("encoder", "ViT / Swin encoder + mask token", "encoder",
                       ["model.arch", "model.patch_size", "model.drop_path"],
