@@ -10,7 +10,8 @@
   masked inputs are shown too when the method exposes them (a ``mask_preview``
   classmethod, or a visual probe whose name contains "mask"); otherwise the page
   says there is no masking preview. The preview is recomputed (debounced, 200 ms)
-  whenever an ``aug.*`` setting changes.
+  whenever an ``aug.*`` setting, the method, its params (mask ratio, mask type) or the
+  patch size changes.
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ def compose_rows(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], cell: int
 
 
 # ------------------------------------------------------------- background
+
+def _preview_key(cfg: RunConfig) -> tuple:
+    """What the augmentation preview depends on: aug.*, the method, its params (mask ratio and
+    type, ...) and the patch size (masked inputs of masked-image methods)."""
+    return (cfg.aug.model_dump(mode="json"), cfg.method, cfg.params, cfg.model.arch, cfg.model.patch_size)
+
 class DataLoader(QThread):
     """Loads a dataset off the GUI thread: ``done(splits, data_config_dict, error_message)``."""
 
@@ -397,15 +404,13 @@ class DataPage(QWidget):
         self.load(source)
 
     def set_config(self, cfg: RunConfig | None) -> None:
-        """The current setup changed: follow data.source, refresh the preview when aug.* changed."""
+        """The current setup changed: follow data.source, refresh the preview when what it shows changed."""
         if cfg is None:
             return
         self.cfg = cfg
         if cfg.data.source != self.source():
             self._sync_kind(cfg.data.source)
-        aug = cfg.aug.model_dump(mode="json")
-        key = (aug, cfg.method)
-        if self.splits is not None and key != self._preview_aug:
+        if self.splits is not None and _preview_key(cfg) != self._preview_aug:
             self._debounce.start()
         # the setup names another dataset: reload it (now when the page is visible, else when shown)
         if self.splits is not None and cfg.data.model_dump(mode="json") != self._attempted_key:
@@ -538,7 +543,7 @@ class DataPage(QWidget):
             self._preview_pending = True
             return
         self._preview_pending = False
-        self._preview_aug = (self.cfg.aug.model_dump(mode="json"), self.cfg.method)
+        self._preview_aug = _preview_key(self.cfg)
         self.preview_job = PreviewJob(copy.deepcopy(self.cfg), self._preview_images(), self._seed)
         self.preview_job.done.connect(self._preview_done)
         self.preview_job.start()

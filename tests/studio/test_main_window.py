@@ -398,6 +398,13 @@ def test_data_page_loads_and_previews_augmentation(make_window, qtbot, tmp_path)
     after = page.preview.pixmap().toImage()
     assert after.width() > before.width()  # two more columns: the local crops
     page.grab().save(str(tmp_path / "data-page.png"))
+    # a masked-image method: its mask settings refresh the masked-input column too
+    with qtbot.waitSignal(page.preview_updated, timeout=30_000):
+        win.library.select("mae")
+    before = page.preview.pixmap().toImage()
+    with qtbot.waitSignal(page.preview_updated, timeout=30_000):
+        win.inspector.set_text("params.mask_ratio", "0.25")
+    assert page.preview.pixmap().toImage() != before  # fewer grey patches
     # a bad path: the message is shown, nothing crashes
     with qtbot.waitSignal(page.load_failed, timeout=30_000) as sig:
         page.choose_source(str(tmp_path / "nothing-here"))
