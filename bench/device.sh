@@ -4,7 +4,7 @@
 # (cifar10.tar.gz) carried. Results land in $OUT (or bench/results).
 #   bash bench/device.sh simclr     smoke + SimCLR bench (issue 2 pt 12), about 6 min
 #   bash bench/device.sh methods    per-method benches vs lightly (issues 4 pt 7, 5 pt 8), about 7 min
-#   bash bench/device.sh studio     throughput with the studio attached vs headless (issue 3 pt 10), about 3 min
+#   bash bench/device.sh studio     MIM CUDA smoke, then throughput with the studio attached vs headless (issue 3 pt 10), about 4 min
 #   bash bench/device.sh accuracy   CIFAR-10 kNN, 20 epochs each (issue 4 pt 8), about 8 min on an H100
 # Each part fits one 10-minute device call; a session's 15 minutes hold about two of them.
 PART=${1:-simclr}
@@ -32,6 +32,12 @@ if [ "$PART" = methods ]; then
 timeout 420 python3 bench/methods.py --out "$OUT"
 fi
 if [ "$PART" = studio ]; then
+# CUDA smoke of the masked-image methods (host-made masks reach the GPU without a sync), 3 x ~25 s
+for P in mae_small multimae_small beit_small; do
+  timeout 60 python3 -m engine.cli.train --preset $P --data shapes --steps 20 --batch-size 64 --device cuda \
+    --out /tmp/smoke_$P --overwrite --quiet --set train.log_every=10 --set data.shapes_size=32 \
+    $([ $P = beit_small ] && echo --set params.tokenizer_steps=10) 2>&1 | tail -1
+done
 # SimCLR B 512 on 32 px shapes: headless, in the real main window (offscreen), headless again
 QT_QPA_PLATFORM=offscreen timeout 420 python3 bench/studio_throughput.py --steps 400 --warmup 80 --out "$OUT"
 fi

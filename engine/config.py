@@ -238,6 +238,8 @@ def _first_error(e: ValidationError, prefix: str = "") -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
+        if not loc:  # a whole-config check (e.g. the method's params): its message is complete
+            return msg
     return f"invalid value for '{loc}': {msg} (got {err.get('input')!r})"
 
 

@@ -17,6 +17,13 @@ def test_unknown_top_level_and_nested_keys_are_named():
         validate_config({"optim": {"lrr": 0.1}})
     with pytest.raises(ConfigError, match="unknown config key 'params.temprature'"):
         validate_config({"params": {"temprature": 0.1}})
+    # the method's params are checked as a whole: still one short line naming the key
+    with pytest.raises(ConfigError) as e:
+        validate_config({"method": "mae", "params": {"mask_tpye": "grid"}})
+    assert str(e.value) == "unknown config key 'params.mask_tpye'"
+    with pytest.raises(ConfigError) as e:
+        validate_config({"params": {"temperature": -1}})
+    assert str(e.value) == "invalid value for 'params.temperature': Input should be greater than 0 (got -1)"
 
 
 def test_out_of_range_values_are_rejected_with_the_key():
