@@ -323,8 +323,25 @@ class _MosaicView(QtWidgets.QWidget):
         self._set_titles(titles, ch, cw)
         if self._shape != img.shape[:2]:
             self._shape = img.shape[:2]
-            self.plot.getPlotItem().getViewBox().setRange(
-                xRange=(0, img.shape[1]), yRange=(-max(12, ch * 0.5), img.shape[0]), padding=0.02)
+            self._fit()
+
+    _HEADER_PX = 36  # two 8 pt title lines and their margins, in screen pixels
+
+    def _fit(self) -> None:
+        """Show the whole mosaic with room above it for the column titles. The titles are
+        drawn in screen pixels while the mosaic scales with the widget, so the room (in image
+        pixels) follows the view's height: a tall mosaic in a short view needs more of it."""
+        if self._shape is None:
+            return
+        h, w = self._shape
+        vb = self.plot.getPlotItem().getViewBox()
+        view_px = max(float(vb.height()), 2.0 * self._HEADER_PX)
+        header = max(12.0, self._HEADER_PX * h / (view_px - self._HEADER_PX))
+        vb.setRange(xRange=(0, w), yRange=(-header, h), padding=0.02)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt)
+        super().resizeEvent(event)
+        self._fit()
 
     def _set_titles(self, titles: list[str], ch: int, cw: int) -> None:
         pad = 2

@@ -398,3 +398,29 @@ def test_handle_events_is_cheap(dash):
     assert time.perf_counter() - t < 0.25
     assert dash.redraw_count == before  # drawing waits for the coalescing timer
     assert dash._timer.isActive() and dash._timer.interval() == 200
+
+
+@pytest.mark.parametrize("height", [360, 700])
+def test_probe_column_titles_stay_inside_the_view(qtbot, height):
+    """Two-line column titles (drawn in screen pixels) above a tall mosaic (8 rows, as the
+    probes send) are not clipped by the view, whatever the widget's height."""
+    from studio.dashboard.images import ProbeGridView
+    view = ProbeGridView("Reconstructions")
+    qtbot.addWidget(view)
+    view.resize(700, height)
+    view.show()
+    qtbot.waitExposed(view)
+    view.add(60, _recon_probe(60, n=8).images)
+    view.refresh()
+    qtbot.wait(20)
+    vb = view.plot.getPlotItem().getViewBox()
+    top = vb.sceneBoundingRect().top()
+    assert len(view._titles) == 5
+    for t in view._titles:
+        assert "\n" in t.toPlainText() or t.toPlainText() in ("original", "masked", "depth")
+        assert t.sceneBoundingRect().top() >= top - 1, (t.toPlainText(), t.sceneBoundingRect(), top)
+    view.resize(700, height // 2)  # shrinking the widget keeps them inside too
+    qtbot.wait(20)
+    top = vb.sceneBoundingRect().top()
+    for t in view._titles:
+        assert t.sceneBoundingRect().top() >= top - 1, (t.toPlainText(), t.sceneBoundingRect(), top)
