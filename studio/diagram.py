@@ -50,10 +50,27 @@ from engine.methods.base import Block, Diagram, Edge
 
 from . import theme
 
-H_GAP = 70.0   # between layers
+H_GAP = 52.0   # between layers
 V_GAP = 28.0   # between blocks of a layer
 PAD_X, PAD_Y = 14.0, 9.0
 MIN_W = 104.0
+MIN_SCALE = 0.7  # the smallest zoom the view fits a diagram to (then it scrolls)
+WRAP_AT = 18   # block labels longer than this (characters) break onto two lines
+
+
+def wrap_label(label: str, width: int = WRAP_AT) -> list[str]:
+    """A block label as one line, or two lines split at the space nearest the middle when it
+    is longer than ``width`` characters (long one-line boxes make a linear diagram so wide
+    that the view has to shrink all of it). A label without spaces stays on one line."""
+    if len(label) <= width or " " not in label:
+        return [label]
+    paren = label.find(" (")
+    if paren > 0 and max(paren, len(label) - paren - 1) <= width + 4:  # "(...)" on its own line
+        return [label[:paren], label[paren + 1:]]
+    spaces = [i for i, c in enumerate(label) if c == " " and label[i + 1:i + 2] not in ("+", "-", "/", "x")]
+    spaces = spaces or [i for i, c in enumerate(label) if c == " "]  # a line may start with "+"
+    cut = min(spaces, key=lambda i: max(i, len(label) - i - 1))
+    return [label[:cut], label[cut + 1:]]
 
 
 def key_matches(param: str, keys: set[str]) -> bool:
@@ -175,8 +192,10 @@ class BlockItem(QGraphicsRectItem):
         self.font_kind = QFont(font)
         self.font_kind.setPointSizeF(max(6.0, font.pointSizeF() * 0.82))
         fl, fk = QFontMetricsF(self.font_label), QFontMetricsF(self.font_kind)
-        w = max(MIN_W, fl.horizontalAdvance(block.label) + 2 * PAD_X, fk.horizontalAdvance(block.kind) + 2 * PAD_X)
-        h = fl.height() + fk.height() + 2 * PAD_Y + 2
+        self.lines = wrap_label(block.label)
+        w = max(MIN_W, *(fl.horizontalAdvance(t) + 2 * PAD_X for t in self.lines),
+                fk.horizontalAdvance(block.kind) + 2 * PAD_X)
+        h = len(self.lines) * fl.height() + fk.height() + 2 * PAD_Y + 2
         self.setRect(QRectF(0, 0, w, h))
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIsSelectable, True)
         self.setAcceptHoverEvents(True)
@@ -217,13 +236,14 @@ class BlockItem(QGraphicsRectItem):
         painter.setPen(text)
         painter.setFont(self.font_label)
         fl = QFontMetricsF(self.font_label)
-        painter.drawText(QRectF(r.left(), r.top() + PAD_Y, r.width(), fl.height()),
-                         Qt.AlignmentFlag.AlignHCenter, self.block.label)
+        for k, line in enumerate(self.lines):
+            painter.drawText(QRectF(r.left(), r.top() + PAD_Y + k * fl.height(), r.width(), fl.height()),
+                             Qt.AlignmentFlag.AlignHCenter, line)
         painter.setFont(self.font_kind)
         dim = QColor(text)
         dim.setAlpha(150)
         painter.setPen(dim)
-        painter.drawText(QRectF(r.left(), r.top() + PAD_Y + fl.height() + 2, r.width(),
+        painter.drawText(QRectF(r.left(), r.top() + PAD_Y + len(self.lines) * fl.height() + 2, r.width(),
                                 QFontMetricsF(self.font_kind).height()),
                          Qt.AlignmentFlag.AlignHCenter, self.block.kind)
         if self.changed:
@@ -454,7 +474,7 @@ class DiagramView(QGraphicsView):
             if e.label and i not in lay.chains and e.src in lay.pos and e.dst in lay.pos \
                     and lay.pos[e.dst][0] > lay.pos[e.src][0]:
                 li = lay.pos[e.src][0]
-                gaps[li] = max(gaps[li], fm.horizontalAdvance(e.label) + 44)
+                gaps[li] = max(gaps[li], fm.horizontalAdvance(e.label) + 32)
         xs, x = [], 0.0
         for i, w in enumerate(widths):
             xs.append(x)
@@ -533,10 +553,17 @@ class DiagramView(QGraphicsView):
             return
         self.resetTransform()
         vw, vh = self.viewport().width(), self.viewport().height()
-        scale = min(vw / rect.width(), vh / rect.height(), 1.5)
-        if scale > 0:
-            self.scale(scale, scale)
-        self.centerOn(rect.center())
+        fit = min(vw / rect.width(), vh / rect.height(), 1.5)
+        if fit <= 0:
+            return
+        # shrink to fit, but not below MIN_SCALE (text would be unreadable): a long pipeline in
+        # a narrow pane scrolls instead, showing its start (the data side) first
+        scale = max(fit, MIN_SCALE)
+        self.scale(scale, scale)
+        if rect.width() * scale > vw + 1:
+            self.centerOn(QPointF(rect.left() + vw / scale / 2, rect.center().y()))
+        else:
+            self.centerOn(rect.center())
 
     def resizeEvent(self, event) -> None:  # noqa: N802
         super().resizeEvent(event)
