@@ -51,28 +51,38 @@ class _Line:
         if self.buf.version == self.seen:
             return False
         self.seen = self.buf.version
-        y = self.buf.y
-        self.item.setData(self.buf.x, y, connect="finite")
-        _fit_flat(self.item.getViewBox(), y)
+        self.item.setData(self.buf.x, self.buf.y, connect="finite")
         return True
 
     def view_box(self) -> pg.ViewBox:
         return self.item.getViewBox()
 
 
-def _fit_flat(vb: pg.ViewBox | None, y: np.ndarray) -> None:
-    """A constant series (e.g. a fixed weight decay) gets a y range around its value instead of
-    pyqtgraph's +-0.5 around it (which made 1e-4 read as 'between -400 and 400 x 0.001')."""
+FLAT_REL = 1e-6  # a series varying less than this (relative to its size) is drawn as flat
+
+
+def _fit_flat(vb: pg.ViewBox | None) -> None:
+    """Give a view box whose curves are (nearly) constant a y range of +-50 % around the value,
+    instead of pyqtgraph's auto-range, which draws an exactly constant series +-0.5 around it (a
+    weight decay of 1e-4 read 'between -400 and 400 x 0.001') and zooms into rounding noise
+    (a smoothed constant teacher temperature had ticks 0.0399999999999999 ... 0.0400000000000001).
+    Runs once per redraw per view box, over all its curves (a flat reference line beside a
+    varying curve is not flat); a range the user zoomed to by hand is left alone."""
     if vb is None:
         return
-    y = y[np.isfinite(y)]
-    if y.size == 0:
+    bounds = vb.childrenBounds()[1]
+    if bounds is None or not all(math.isfinite(b) for b in bounds):
         return
-    lo, hi = float(y.min()), float(y.max())
-    if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1e-30):
-        half = abs(lo) * 0.5 if lo != 0 else 1.0
-        vb.setYRange(lo - half, lo + half, padding=0)
-    elif not vb.autoRangeEnabled()[1]:
+    lo, hi = float(bounds[0]), float(bounds[1])
+    ours = getattr(vb, "_flat_fit", False)
+    if hi - lo <= FLAT_REL * max(abs(lo), abs(hi), 1e-30):
+        if ours or vb.autoRangeEnabled()[1]:
+            mid = 0.5 * (lo + hi)
+            half = abs(mid) * 0.5 if mid != 0 else 1.0
+            vb.setYRange(mid - half, mid + half, padding=0)  # (turns the y auto-range off)
+            vb._flat_fit = True
+    elif ours:  # no longer flat: back to auto-range
+        vb._flat_fit = False
         vb.enableAutoRange(axis="y")
 
 
@@ -450,6 +460,7 @@ class Dashboard(QtWidgets.QWidget):
             vb = obj.view_box()
             if vb is not None and id(vb) not in seen:
                 seen.add(id(vb))
+                _fit_flat(vb)
                 vb.prepareForPaint()
 
     def _create_new_plots(self) -> None:

@@ -424,3 +424,30 @@ def test_probe_column_titles_stay_inside_the_view(qtbot, height):
     top = vb.sceneBoundingRect().top()
     for t in view._titles:
         assert t.sceneBoundingRect().top() >= top - 1, (t.toPlainText(), t.sceneBoundingRect(), top)
+
+
+def test_flat_curves_get_a_sensible_range_and_user_zoom_is_kept(dash, qtbot, tmp_path):
+    """A constant series (weight decay 0.05; a constant teacher temperature whose smoothed
+    curve carries float rounding noise) is drawn +-50 % around its value, not zoomed into the
+    noise; a y range the user zoomed to by hand survives later updates."""
+    events = _stream(str(tmp_path / "run-flat"), steps=40)
+    dash.handle_events(events[:60])
+    dash.flush()
+    for name, value in (("scalar/teacher_temp", 0.04), ("weight_decay", 0.05)):
+        lo, hi = dash.plots[name].getPlotItem().getViewBox().viewRange()[1]
+        assert lo < value < hi and hi - lo == pytest.approx(value, rel=1e-6), (name, lo, hi)
+    # the loss varies: auto-range, untouched; a zoom by hand is kept through later updates
+    vb = dash.plots["loss"].getPlotItem().getViewBox()
+    assert vb.autoRangeEnabled()[1]
+    vb.setYRange(0.4, 0.6, padding=0)
+    dash.handle_events(events[60:])
+    dash.flush()
+    lo, hi = vb.viewRange()[1]
+    assert (lo, hi) == pytest.approx((0.4, 0.6))
+    # a series that stops being flat goes back to auto-range
+    dash.handle_events([ev.StepMetrics(41, epoch=2, loss=0.3, lr=1e-3, weight_decay=0.4, images_per_s=900.0)])
+    dash.flush()
+    vb = dash.plots["weight_decay"].getPlotItem().getViewBox()
+    assert vb.autoRangeEnabled()[1]
+    lo, hi = vb.viewRange()[1]
+    assert lo <= 0.05 and hi >= 0.4
