@@ -70,6 +70,7 @@ class RunStarted(Event):
     n_test: int
     config: dict[str, Any]
     resumed: bool = False
+    class_names: list[str] = field(default_factory=list)  # what Evaluation.labels index (may be empty)
 
 
 @dataclass

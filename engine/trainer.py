@@ -267,6 +267,7 @@ class Trainer:
             total_steps=self.total, steps_per_epoch=self.spe, n_train=n_train,
             n_test=len(data.test) if data.test is not None else 0,
             config=cfg.model_dump(mode="json"), resumed=state is not None,
+            class_names=list(data.classes)[:1000],
         ))
         self._write_summary("running")
 

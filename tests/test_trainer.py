@@ -30,6 +30,10 @@ def test_events_reach_every_listener_in_order(tmp_path):
     assert {"StepMetrics", "Evaluation", "CheckpointSaved"} <= set(kinds)
     steps = [e.step for e in a if isinstance(e, ev.StepMetrics)]
     assert steps == [1, 2, 3]
+    # the names of the classes that the evaluation's labels index, for the embedding legend
+    names = a[0].class_names
+    assert len(names) == 10 and "circle" in names
+    assert metrics(tmp_path / "r")[0]["class_names"] == names
 
 
 def test_resume_gives_the_same_next_losses(tmp_path):

@@ -370,6 +370,7 @@ class Dashboard(QtWidgets.QWidget):
             self._step = e.step
             self._status = "resumed" if e.resumed else "running"
             self._message = f"device {e.device}"
+            self.embedding_view.set_class_names(e.class_names)
         elif isinstance(e, ev.StatusChanged):
             self._status = e.status
         elif isinstance(e, ev.Finished):

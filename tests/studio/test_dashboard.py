@@ -68,7 +68,8 @@ def _attention_probe(step: int, n: int = 3, heads: int = 4, size: int = 32) -> e
 
 def _stream(run_dir: str, steps: int = 60, eval_every: int = 20, collapse: bool = False) -> list[ev.Event]:
     out: list[ev.Event] = [ev.RunStarted(0, run_dir=run_dir, method="mae", device="cpu", total_steps=steps,
-                                         steps_per_epoch=20, n_train=256, n_test=128, config={})]
+                                         steps_per_epoch=20, n_train=256, n_test=128, config={},
+                                         class_names=[f"shape-{i}" for i in range(10)])]
     rng = np.random.default_rng(0)
     for s in range(1, steps + 1):
         out.append(ev.StepMetrics(s, epoch=(s - 1) // 20, loss=2.0 / math.sqrt(s) + 0.05 * rng.random(),
@@ -282,6 +283,10 @@ def test_dashboard_accepts_a_stream(dash, qtbot, tmp_path):
     assert dash.recon_view.steps() == [30, 60]
     assert dash.attention_view.steps() == [30, 60]
     assert dash.embedding_view.points == 120 and dash.embedding_view.step == 60
+    legend = dash.embedding_view.legend.text()
+    assert all(f"shape-{i}" in legend for i in range(10))  # class names, not indices
+    pts = dash.embedding_view.scatter.points()
+    assert dash.embedding_view._tip(pts[0].pos().x(), pts[0].pos().y(), pts[0].data()).startswith("shape-")
     assert not warnings and dash.badge.isHidden()
     assert "completed" in dash.status_label.text()
 
@@ -353,6 +358,7 @@ def test_load_run_restores_curves_and_snapshots(dash, tmp_path):
     np.testing.assert_allclose(dash.series("scalar/loss_rec")[1], [1.0 / s for s in range(1, 61)])
     assert set(dash.indicator_buffers) == set(DINO_HEALTHY)
     assert dash.marker_count("loss") == 1
+    assert dash.embedding_view.class_names == [f"shape-{i}" for i in range(10)]  # from run_started
     assert dash.recon_view.steps() == [30, 60] and dash.attention_view.steps() == [30, 60]
     snap = dash.recon_view.history.current()
     np.testing.assert_array_equal(snap.images["original"], events[[i for i, e in enumerate(events)
