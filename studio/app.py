@@ -35,7 +35,9 @@ SCREENSHOT_DELAY_MS = 400  # lets the dashboard draw the last batch before the p
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssl-studio", description="SSL Studio: self-supervised learning experiments.")
+    # allow_abbrev=False: '--set' must not be read as an abbreviation of '--settings'
+    p = argparse.ArgumentParser(prog="ssl-studio", description="SSL Studio: self-supervised learning experiments.",
+                                allow_abbrev=False)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", metavar="NAME", help="open with this preset (default: quick_cpu and the last "
                                                       "session's method and dataset)")
@@ -46,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="shapes|PATH", help="dataset: 'shapes', a folder of images or a .tar.gz")
     p.add_argument("--steps", type=int, help="training length in optimiser steps")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a setting, as ssl-train --set, e.g. --set data.shapes_size=32 (repeatable)")
     p.add_argument("--runs-dir", metavar="DIR", help="folder for run folders (default ~/ssl-studio-runs)")
     p.add_argument("--screenshot", metavar="FILE.png",
                    help="save a picture of the window (after the run with --run, else once it is shown)")
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from engine.errors import UserError
+    from engine.config import parse_override
+    from engine.errors import ConfigError, UserError
 
     from .main_window import DEFAULT_PRESET, MainWindow
     from .theme import apply_theme
@@ -139,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
             win.inspector.set_value("train.steps", args.steps)
         if args.device:
             win.inspector.set_value("train.device", args.device)
+        for text in args.set:
+            path, value = parse_override(text)
+            key = ".".join(path)
+            if key not in win.inspector.keys():
+                raise ConfigError(f"unknown setting '{key}' in --set {text} (the keys of ssl-train --set)")
+            win.inspector.set_value(key, value)
+        if args.set and not win.inspector.is_valid():
+            raise ConfigError(win.inspector.error_text())
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         win.deleteLater()

@@ -15,7 +15,7 @@ from . import run_cli
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssl-eval", description="Evaluate a trained run.")
+    p = argparse.ArgumentParser(prog="ssl-eval", description="Evaluate a trained run.", allow_abbrev=False)
     sub = p.add_subparsers(dest="cmd", required=True)
     k = sub.add_parser("knn", help="weighted kNN top-1 on backbone features")
     k.add_argument("--run", required=True, help="run folder")

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv):
     from ..export import FORMATS, export_backbone
 
-    p = argparse.ArgumentParser(prog="ssl-export", description="Export a run's backbone weights.")
+    p = argparse.ArgumentParser(prog="ssl-export", description="Export a run's backbone weights.",
+                                allow_abbrev=False)
     p.add_argument("--run", required=True)
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True)

@@ -22,7 +22,8 @@ from . import run_cli
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssl-train", description="Train a self-supervised method.")
+    p = argparse.ArgumentParser(prog="ssl-train", description="Train a self-supervised method.",
+                                allow_abbrev=False)
     p.add_argument("--list-methods", action="store_true", help="print the method names, one a line")
     p.add_argument("--list-presets", action="store_true", help="print the preset names, one a line")
     p.add_argument("--method", help="method name (see --list-methods)")

@@ -420,6 +420,7 @@ def test_scripted_mode_runs_and_saves_a_screenshot(qtbot, tmp_path, tiny_cfg_dic
     cfg_path.write_text(validate_config(_with(tiny_cfg_dict, **{"train.steps": 3})).to_yaml())
     shot = tmp_path / "studio.png"
     rc = app.main(["--run", str(cfg_path), "--data", "shapes", "--steps", "2", "--screenshot", str(shot),
+                   "--set", "optim.lr=0.0123", "--set", "params.temperature=0.3",
                    "--quit", "--runs-dir", str(tmp_path / "runs"), "--settings", str(tmp_path / "s.ini")])
     assert rc == 0, capsys.readouterr().err
     assert shot.is_file() and shot.stat().st_size > 10_000
@@ -427,6 +428,23 @@ def test_scripted_mode_runs_and_saves_a_screenshot(qtbot, tmp_path, tiny_cfg_dic
     assert len(runs) == 1
     rows = ev.read_metrics(str(runs[0] / "metrics.jsonl"))
     assert rows[-1]["event"] == "finished" and rows[-1]["step"] == 2
+    cfg = load_yaml(runs[0] / "config.yaml")  # --set reached the run (as ssl-train --set)
+    assert cfg["optim"]["lr"] == 0.0123 and cfg["params"]["temperature"] == 0.3
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("optim.no_such_key=1", "unknown setting 'optim.no_such_key'"),
+    ("optim.lr=-1", "optim.lr"),
+    ("optim.lr", "key=value"),
+])
+def test_scripted_mode_rejects_a_bad_set(qtbot, tmp_path, capsys, bad, says):
+    from studio import app
+
+    rc = app.main(["--run", "quick_cpu", "--set", bad, "--quit", "--runs-dir", str(tmp_path / "runs"),
+                   "--settings", str(tmp_path / "s.ini")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and says in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_scripted_mode_reports_a_failed_run(qtbot, tmp_path, tiny_cfg_dict, capsys):
