@@ -52,9 +52,9 @@ from . import theme
 
 H_GAP = 52.0   # between layers
 V_GAP = 28.0   # between blocks of a layer
-PAD_X, PAD_Y = 14.0, 9.0
-MIN_W = 104.0
-MIN_SCALE = 0.7  # the smallest zoom the view fits a diagram to (then it scrolls)
+PAD_X, PAD_Y = 11.0, 9.0
+MIN_W = 96.0
+MIN_SCALE = 0.6  # the smallest zoom the view fits a diagram to (then it scrolls)
 WRAP_AT = 18   # block labels longer than this (characters) break onto two lines
 
 
