@@ -80,6 +80,7 @@ def run_studio(cfg: RunConfig, runs_dir: Path, timeout_s: float) -> tuple[list[e
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
+    from studio import gui_gc
     from studio.app import make_settings
     from studio.main_window import MainWindow
 
@@ -102,7 +103,11 @@ def run_studio(cfg: RunConfig, runs_dir: Path, timeout_s: float) -> tuple[list[e
     win.run_finished.connect(finished)
     QTimer.singleShot(0, win.start_run)
     QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-    loop.exec()
+    gui_gc.install()  # as ssl-studio does
+    try:
+        loop.exec()
+    finally:
+        gui_gc.uninstall()
     if win.controller.is_running():
         win.controller.shutdown(60)
     redraws = getattr(win.dashboard, "redraw_count", None)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, QTimer
 
+from . import gui_gc
+
 ORG_NAME = os.environ.get("SSL_STUDIO_ORG", "ssl-studio")
 APP_NAME = os.environ.get("SSL_STUDIO_APP", "ssl-studio")
 SCREENSHOT_DELAY_MS = 400  # lets the dashboard draw the last batch before the picture
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             win.close()
 
     old_handler = signal.signal(signal.SIGINT, on_sigint)
+    gui_gc.install()  # cyclic garbage (pyqtgraph items) is freed in this thread, never the trainer's
     tick = QTimer()
     tick.start(250)  # lets Python see the signal while Qt's loop runs
     tick.timeout.connect(lambda: None)
@@ -224,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         win.shutdown()
         win.hide()
         win.deleteLater()
+        gui_gc.uninstall()
     return int(state["rc"] if rc == 0 else rc)
 
 

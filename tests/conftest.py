@@ -19,7 +19,7 @@ def pytest_addoption(parser):
 
 def pytest_collection_modifyitems(config, items):
     """``learning_extended`` tests (minutes of CPU each) run with --learning-extended only:
-    ``make test`` must stay under 10 minutes on 2 cores; ``make test-learning`` runs them."""
+    ``make test`` must stay under 5 minutes on 2 cores; ``make test-learning`` runs them."""
     if config.getoption("--learning-extended"):
         return
     skip = pytest.mark.skip(reason="longer learning check: run make test-learning (--learning-extended)")

@@ -121,10 +121,12 @@ def learn(method: str, tmp_path) -> tuple[float, float, list[ev.Event]]:
     return untrained, final.knn_top1, seen
 
 
-# In ``make test`` (about 4 minutes of one core together; the suite must stay under 10 minutes
-# on 2 cores: with Barlow Twins as well it took 8 minutes); every other row runs in
-# ``make test-learning`` (--learning-extended).
-IN_MAKE_TEST = ("simclr", "moco_v2", "mae")
+# In ``make test``: SimCLR only (issue 2's learning check, about 80 s of one core). The whole
+# suite must stay under 5 minutes on 2 cores (issue 2 point 11): with MoCo v2 and MAE as well
+# (another 160 s of one core) it took 5 min 19 s in CI. Every other row runs in
+# ``make test-learning`` (--learning-extended); MoCo and MAE still show learning in ``make
+# test`` on their pretext tasks (tests/test_moco.py, tests/test_mae.py).
+IN_MAKE_TEST = ("simclr",)
 
 
 @pytest.mark.slow

@@ -177,3 +177,42 @@ def test_stop_before_the_trainer_exists_and_wait(controller, tiny_cfg_dict, tmp_
     assert not controller.is_running() and controller.state == "idle"
     assert isinstance(got[-1], ev.Finished) and got[-1].status == "stopped"
     assert Path(tmp_path / "run" / "run.json").is_file()
+
+
+def test_garbage_with_qt_objects_is_collected_in_the_gui_thread_only(qtbot):
+    """Python's automatic collection would free cyclic garbage in whichever thread allocates:
+    Qt objects in it would then be destroyed off the GUI thread (a deadlock seen in this suite).
+    With studio.gui_gc (installed for every studio test, and by ssl-studio) a thread that
+    allocates a lot collects nothing; the GUI thread's timer does."""
+    import gc
+    import weakref
+
+    import pyqtgraph as pg
+
+    from studio import gui_gc
+
+    g = gui_gc.installed()
+    assert g is not None and not gc.isenabled()
+    w = pg.PlotWidget()
+    cycle = [w]
+    cycle.append(cycle)  # only the cyclic collector can free this
+    ref = weakref.ref(w)
+    del w, cycle
+    destroyed_in: list[str] = []
+
+    def churn() -> None:
+        kept = [[] for _ in range(20_000)]  # far past gen-0's threshold: a collection would run
+        del kept
+        destroyed_in.append("worker" if ref() is None else "")
+
+    t = threading.Thread(target=churn)
+    t.start()
+    t.join()
+    assert destroyed_in == [""], "the worker thread collected Qt garbage"
+    # the GUI thread's timer collects once allocations pass the thresholds
+    before = sum(g.collections)
+    kept = [[] for _ in range(5_000)]
+    qtbot.waitUntil(lambda: sum(g.collections) > before, timeout=3000)
+    del kept
+    gc.collect()  # (the cycle may sit in an older generation than the timer's collection)
+    assert ref() is None
