@@ -133,7 +133,7 @@ class ModelConfig(Strict):
 
 # ------------------------------------------------------------------ optimiser
 class OptimConfig(Strict):
-    optimizer: Literal["sgd", "adamw", "lars"] = Field("lars", description="Optimiser (fused on CUDA).")
+    optimizer: Literal["sgd", "adamw", "lars"] = Field("lars", description="Optimiser (AdamW and SGD fused).")
     lr: float = Field(
         0.3, gt=0, le=100,
         description="Base learning rate; the peak LR is lr x batch_size / 256 when scale_lr is on.",

@@ -101,13 +101,17 @@ def param_groups(model: nn.Module, groups: list[dict], exclude_bias_norm: bool) 
 
 
 def build_optimizer(model: nn.Module, groups: list[dict], cfg: OptimConfig, lr: float, device: torch.device):
-    """AdamW / SGD (fused on CUDA) or LARS. Each group keeps ``wd_scale`` and an optional ``lr_scale``."""
+    """AdamW / SGD (fused) or LARS. Each group keeps ``wd_scale`` and an optional ``lr_scale``.
+
+    The fused kernels exist for CUDA and the CPU; on the CPU they are what makes a small run's
+    optimiser step cheap (ResNet-18, one thread: AdamW 76 -> 18 ms a step, SGD 30 -> 12 ms,
+    parameters equal to the single-tensor path within 6e-8 after five steps)."""
     groups = param_groups(model, groups, cfg.exclude_bias_norm)
     for g in groups:
         g.setdefault("lr_scale", 1.0)
         g["weight_decay"] = cfg.weight_decay * g["wd_scale"]
         g["lr"] = lr * g["lr_scale"]
-    fused = device.type == "cuda"
+    fused = device.type in ("cuda", "cpu")
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "sgd":
