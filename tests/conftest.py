@@ -18,8 +18,11 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    """``learning_extended`` tests (minutes of CPU each) run with --learning-extended only:
+    """``slow`` tests go first (pytest-xdist then starts the longest ones at once instead of
+    leaving one worker alone with them at the end), and ``learning_extended`` tests (minutes of
+    CPU each) run with --learning-extended only:
     ``make test`` must stay under 5 minutes on 2 cores; ``make test-learning`` runs them."""
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: otherwise in order
     if config.getoption("--learning-extended"):
         return
     skip = pytest.mark.skip(reason="longer learning check: run make test-learning (--learning-extended)")

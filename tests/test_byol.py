@@ -198,7 +198,7 @@ def test_presets_validate(preset: str) -> None:
 # -------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def byol_run(tmp_path_factory):
-    return train_vs_untrained("byol", {**SMALL_BYOL, "momentum": 0.99}, steps=30, tmp=tmp_path_factory.mktemp("byol"))
+    return train_vs_untrained("byol", {**SMALL_BYOL, "momentum": 0.99}, steps=20, tmp=tmp_path_factory.mktemp("byol"))
 
 
 def test_trains_through_the_trainer(byol_run) -> None:
@@ -209,7 +209,7 @@ def test_trains_through_the_trainer(byol_run) -> None:
     assert steps[-1].loss < steps[0].loss  # the online network learns to predict the target
     ind = final_eval(seen).indicators
     assert ind["std"] > 0.5 * ind["std_ref"] and steps[-1].scalars["out_std"] > 0.5 * ind["std_ref"]
-    print(f"BYOL 30 steps ({seconds:.0f} s): loss {steps[0].loss:.3f} -> {steps[-1].loss:.3f}, "
+    print(f"BYOL 20 steps ({seconds:.0f} s): loss {steps[0].loss:.3f} -> {steps[-1].loss:.3f}, "
           f"kNN untrained {untrained:.3f} -> {final_eval(seen).knn_top1:.3f}")
 
 

@@ -346,8 +346,8 @@ from engine.trainer import Trainer  # noqa: E402
 TRAIN = {"optim.lr": 2e-3, "train.log_every": 5, "train.eval_every": 0, "train.ckpt_every": 10**6}
 QUEUE = {"params.queue_size": 64, "params.bn_splits": 2, "params.momentum": 0.99}
 RUNS = {  # method -> (steps, settings); v1 / v2 symmetric with T 0.2 learn fastest on the CPU
-    "moco_v1": (50, {**QUEUE, "params.symmetric": True, "params.temperature": 0.2}),
-    "moco_v2": (20, {**QUEUE, "params.symmetric": True}),
+    "moco_v1": (40, {**QUEUE, "params.symmetric": True, "params.temperature": 0.2}),
+    "moco_v2": (10, {**QUEUE, "params.symmetric": True}),
     "moco_v3": (30, {"params.proj_hidden": 256, "params.pred_hidden": 256}),
 }
 
@@ -418,7 +418,7 @@ def test_training_runs_without_nan_and_logs_the_monitors(runs, name):
 
 
 # MoCo v2's BN-free MLP head leaves the pretext loss at chance for its first ~100 CPU steps
-# here (its 20-step run is too short to show it; tests/test_learning.py shows it learning over 150 steps)
+# here (its 10-step run is too short to show it; tests/test_learning.py shows it learning over 150 steps)
 @pytest.mark.parametrize("name", ["moco_v1", "moco_v3"])
 def test_training_learns_the_pretext_task(runs, name):
     r = runs(name)
