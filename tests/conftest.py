@@ -9,7 +9,18 @@ import torch  # noqa: E402
 
 # One intra-op thread: on a 2-core CI machine the training thread shares the cores with the
 # Qt GUI thread, and OpenMP's spin-waiting under contention made steps up to 7x slower.
-torch.set_num_threads(int(os.environ.get("SSL_TEST_THREADS", "1")))
+TEST_THREADS = int(os.environ.get("SSL_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _test_threads():
+    """Every test starts with TEST_THREADS intra-op threads, whatever an earlier test or an
+    imported module set: a stray ``torch.set_num_threads(2)`` at the top of one test module
+    put every test of both xdist workers on 2 threads each (4 on 2 cores), and tests ran 2-3x
+    slower under OpenMP contention."""
+    torch.set_num_threads(TEST_THREADS)
+    yield
 
 
 def pytest_addoption(parser):

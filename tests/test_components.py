@@ -16,8 +16,6 @@ from engine.config import ModelConfig
 from engine.errors import ConfigError
 from engine.losses import NTXentLoss, info_nce, nt_xent
 
-torch.set_num_threads(2)
-
 
 # =================================================================== ResNet
 @pytest.fixture(scope="module")
