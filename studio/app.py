@@ -33,6 +33,7 @@ from . import gui_gc
 
 ORG_NAME = os.environ.get("SSL_STUDIO_ORG", "ssl-studio")
 APP_NAME = os.environ.get("SSL_STUDIO_APP", "ssl-studio")
+_MISSING = object()
 SCREENSHOT_DELAY_MS = 400  # lets the dashboard draw the last batch before the picture
 
 
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.config import parse_override
     from engine.errors import ConfigError, UserError
 
+    from .inspector import get_dotted
     from .main_window import DEFAULT_PRESET, MainWindow
     from .theme import apply_theme
 
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         for text in args.set:
             path, value = parse_override(text)
             key = ".".join(path)
-            if key not in win.inspector.keys():
+            if get_dotted(win.inspector.raw_config(), key, _MISSING) is _MISSING:  # a key the config has
                 raise ConfigError(f"unknown setting '{key}' in --set {text} (the keys of ssl-train --set)")
             win.inspector.set_value(key, value)
         if args.set and not win.inspector.is_valid():

@@ -420,7 +420,7 @@ def test_scripted_mode_runs_and_saves_a_screenshot(qtbot, tmp_path, tiny_cfg_dic
     cfg_path.write_text(validate_config(_with(tiny_cfg_dict, **{"train.steps": 3})).to_yaml())
     shot = tmp_path / "studio.png"
     rc = app.main(["--run", str(cfg_path), "--data", "shapes", "--steps", "2", "--screenshot", str(shot),
-                   "--set", "optim.lr=0.0123", "--set", "params.temperature=0.3",
+                   "--set", "optim.lr=0.0123", "--set", "params.temperature=0.3", "--set", "train.device=cpu",
                    "--quit", "--runs-dir", str(tmp_path / "runs"), "--settings", str(tmp_path / "s.ini")])
     assert rc == 0, capsys.readouterr().err
     assert shot.is_file() and shot.stat().st_size > 10_000
