@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export QT_QPA_PLATFORM ?= $(if $(DISPLAY)$(WAYLAND_DISPLAY),,offscreen)
 
-.PHONY: run test test-learning bench bench-methods bench-gpu clean-venv screenshots
+.PHONY: run test test-learning bench bench-methods clean-venv screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ bench: $(VENV)/.installed
 bench-methods: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]' || echo "lightly not installable: the anchor runs are skipped"
 	$(PY) bench/methods.py --out bench/results
+
+# The README's screenshots, made by the studio's scripted mode (offscreen, a few minutes on a CPU).
+screenshots: $(VENV)/.installed
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/ssl-studio --run quick_cpu --steps 60 --screenshot docs/img/studio-simclr.png --quit
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/ssl-studio --run docs/img/mae_shapes_cpu.yaml --steps 200 --tab reconstructions --screenshot docs/img/studio-mae.png --quit
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/ssl-studio --run docs/img/dino_shapes_cpu.yaml --steps 60 --tab attention --screenshot docs/img/studio-dino.png --quit
 
 clean-venv:
 	rm -rf $(VENV)
