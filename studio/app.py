@@ -35,6 +35,7 @@ ORG_NAME = os.environ.get("SSL_STUDIO_ORG", "ssl-studio")
 APP_NAME = os.environ.get("SSL_STUDIO_APP", "ssl-studio")
 _MISSING = object()
 SCREENSHOT_DELAY_MS = 400  # lets the dashboard draw the last batch before the picture
+DATA_WAIT_MS = 180_000  # the longest a screenshot waits for a shown data page to finish loading
 
 
 def parser() -> argparse.ArgumentParser:
@@ -176,7 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         state["rc"] = code
         if args.tab:  # show the tabs, then give the dashboard's throttled redraw time to paint them
             show_tabs(win, [t for t in args.tab.split(",") if t.strip()])
-            QTimer.singleShot(SCREENSHOT_DELAY_MS, shoot)
+            QTimer.singleShot(SCREENSHOT_DELAY_MS, shoot_when_idle)
+        else:
+            shoot_when_idle()
+
+    def shoot_when_idle(waited_ms: int = 0) -> None:
+        # a shown data page loads its dataset and preview in the background: picture the result
+        if win.data_page.is_busy() and waited_ms < DATA_WAIT_MS:
+            QTimer.singleShot(100, lambda: shoot_when_idle(waited_ms + 100))
+        elif waited_ms:
+            QTimer.singleShot(SCREENSHOT_DELAY_MS, shoot)  # let the new pixmaps paint
         else:
             shoot()
 

@@ -323,25 +323,30 @@ class DataPage(QWidget):
         self.resample.clicked.connect(self._resample)
         prev_box = QGroupBox("Augmentation preview (global crops, then local crops)")
         pl = QVBoxLayout(prev_box)
+        pl.addWidget(self.preview)
+
+        content = QWidget()
+        cl = QVBoxLayout(content)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.addWidget(prev_box)
+        cl.addWidget(thumbs_box)
+        cl.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(content)
+        # the note and "New sample" stay in view above the scrolled pictures (which may be wide)
         head = QHBoxLayout()
         head.addWidget(self.preview_note, 1)
         head.addWidget(self.resample)
-        pl.addLayout(head)
-        pl.addWidget(self.preview)
-
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
-        rl.addWidget(prev_box)
-        rl.addWidget(thumbs_box)
-        rl.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(right)
+        rl.addLayout(head)
+        rl.addWidget(scroll, 1)
 
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
-        split.addWidget(scroll)
+        split.addWidget(right)
         split.setStretchFactor(1, 1)
         split.setSizes([280, 700])
         lay = QVBoxLayout(self)
@@ -451,6 +456,11 @@ class DataPage(QWidget):
 
     def is_loading(self) -> bool:
         return self.loader is not None and self.loader.isRunning()
+
+    def is_busy(self) -> bool:
+        """Loading a dataset or computing the augmentation preview (scripted screenshots wait)."""
+        preview = self.preview_job is not None and self.preview_job.isRunning()
+        return self.is_loading() or preview or self._preview_pending
 
     def data_for(self, cfg: RunConfig):
         """The loaded splits when they were loaded with ``cfg.data`` (the trainer can reuse them)."""

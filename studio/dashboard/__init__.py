@@ -608,6 +608,8 @@ class Dashboard(QtWidgets.QWidget):
         if not self._status:
             self._status = _summary_status(run_dir)
         self.flush()
+        if self.tabs.currentWidget() is self._compare_page:  # show the reopened run, not the overlay
+            self.tabs.setCurrentIndex(0)
 
     def set_overlay_runs(self, run_dirs: list[str]) -> None:
         """Overlay the smoothed loss and the kNN curves of several runs (legend: run name)."""

@@ -192,6 +192,8 @@ def make_plot(title: str, y_label: str = "", x_label: str = "step") -> pg.PlotWi
         pi.setLabel("bottom", x_label)
     if y_label:
         pi.setLabel("left", y_label)
+    # plain tick values: pyqtgraph's SI scaling turned kNN top-1 0.15-0.20 into "150-200 (x0.001)"
+    pi.getAxis("left").enableAutoSIPrefix(False)
     pi.setClipToView(True)
     pi.setDownsampling(auto=True, mode="peak")
     for ax in ("left", "bottom"):

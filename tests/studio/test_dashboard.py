@@ -374,6 +374,10 @@ def test_load_run_restores_curves_and_snapshots(dash, tmp_path):
     assert [len(i.getOriginalDataset()[0]) for i in dash.plots["compare_loss"].getPlotItem().listDataItems()] == [60, 40]
     assert [len(i.getOriginalDataset()[0]) for i in dash.plots["compare_knn"].getPlotItem().listDataItems()] == [3, 2]
     dash.grab().save(str(tmp_path / "dashboard-compare.png"))
+    assert dash.tabs.currentWidget() is dash._compare_page
+    dash.load_run(str(other))  # reopening one run shows its own curves, not the overlay
+    assert dash.tabs.currentIndex() == 0 and len(dash.series("loss")[0]) == 40
+    assert not dash.plots["knn"].getPlotItem().getAxis("left").autoSIPrefix  # 0.15, not "150 (x0.001)"
 
 
 def test_export_plot_png_and_svg(dash, tmp_path):

@@ -386,6 +386,8 @@ def test_data_page_loads_and_previews_augmentation(make_window, qtbot, tmp_path)
     win.tabs.setCurrentWidget(page)
     with qtbot.waitSignal(page.preview_updated, timeout=60_000):
         page.choose_source("shapes")
+        assert page.is_busy()  # a scripted screenshot of this page waits for it
+    qtbot.waitUntil(lambda: not page.is_busy(), timeout=10_000)
     s = page.splits
     assert len(s.train) == 256 and len(s.test) == 128 and s.image_size == 32
     assert page.info_labels["train"].text().startswith("256")
