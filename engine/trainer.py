@@ -269,6 +269,9 @@ class Trainer:
             config=cfg.model_dump(mode="json"), resumed=state is not None,
             class_names=list(data.classes)[:1000],
         ))
+        if state is None:
+            for message in self.method.setup_warnings():
+                self._emit(ev.RunWarning(self.step, message=message))
         self._write_summary("running")
 
     def _plan_schedules(self) -> None:

@@ -183,6 +183,22 @@ def test_stage_switch_and_frozen_tokenizer() -> None:
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_a_run_no_longer_than_the_tokenizer_stage_is_warned_about(tmp_path) -> None:
+    m = build()  # tokenizer_steps 3
+    assert m.setup_warnings() == []  # 100 steps
+    m.setup(3, 8)
+    (msg,) = m.setup_warnings()
+    assert "tokenizer_steps (3)" in msg and "the ViT never" in msg
+    # the trainer says so at the start of the run, in the event stream (and so in the log)
+    cfg = validate_config(with_(_tiny(), method="beit", params=SMALL, **{**VIT, "train.steps": 2,
+                                "train.eval_every": 10_000, "train.ckpt_every": 10_000}))
+    seen: list[ev.Event] = []
+    Trainer(cfg, tmp_path / "run", listeners=(seen.append,)).run()
+    warnings = [e.message for e in seen if isinstance(e, ev.RunWarning)]
+    assert any("tokenizer_steps (3)" in w for w in warnings)
+    assert "tokenizer_steps (3)" in (tmp_path / "run" / "events.log").read_text()
+
+
 def test_param_groups() -> None:
     m = build({"tok_lr": 0.004})  # run lr 1e-3, scale_lr off: the tokenizer's lr_scale is 4
     main, tok = m.param_groups()
@@ -297,6 +313,7 @@ def beit_run(tmp_path_factory):
 def test_trains_through_the_trainer(beit_run) -> None:
     untrained, seen, seconds, trainer, at_switch, run_dir = beit_run
     steps = check_run(seen)
+    assert not [e for e in seen if isinstance(e, ev.RunWarning)]  # 20 tokenizer steps of 35: no warning
     one = [e for e in steps if e.step <= 20]
     two = [e for e in steps if e.step > 20]
     assert one and two and all("tok_recon" in e.scalars for e in one) and all("mim_acc" in e.scalars for e in two)

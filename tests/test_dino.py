@@ -85,6 +85,12 @@ def test_freeze_last_layer_drops_its_gradients_during_the_first_epoch() -> None:
     assert not all(torch.equal(a, p) for a, p in zip(before, last))
 
 
+def test_a_run_shorter_than_the_frozen_last_layer_is_warned_about() -> None:
+    assert build({"freeze_last_layer": 1.0}, spe=4, total=100).setup_warnings() == []
+    (msg,) = build({"freeze_last_layer": 1.0}, spe=50, total=40).setup_warnings()
+    assert "freeze_last_layer (1 epochs, 50 steps)" in msg and "never trains" in msg
+
+
 # ------------------------------------------------------- centring and warm-up
 def test_centre_update_and_sharpening_formula() -> None:
     c = Centering(4, momentum=0.9)

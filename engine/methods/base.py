@@ -133,6 +133,11 @@ class Method(nn.Module):
         """Backbone features for evaluation: x [B, 3, H, W] normalised -> [B, D]."""
         return self.backbone(x)
 
+    def setup_warnings(self) -> list[str]:
+        """Settings that make no sense for this run's length (after ``setup``); the trainer
+        emits each as a RunWarning at the start. E.g. BEiT's tokenizer stage filling the run."""
+        return []
+
     def probes(self, images: torch.Tensor) -> dict[str, dict[str, Any]]:
         """Visual probes on fixed uint8 images [N, 3, H, W]: name -> {'images': {...}, 'meta': {...}}."""
         return {}

@@ -192,6 +192,13 @@ class BEiT(Method):
             groups.append({"params": tok, "fixed_lr": True, "lr_scale": self.p.tok_lr / peak, "wd_scale": 0.0})
         return groups
 
+    def setup_warnings(self) -> list[str]:
+        if self.tokenizer_steps >= self.total_steps:
+            return [f"params.tokenizer_steps ({self.tokenizer_steps}) covers the whole run ({self.total_steps} "
+                    "steps): only the tokenizer trains, the ViT never does; raise the run's length or "
+                    "lower params.tokenizer_steps"]
+        return []
+
     # ----------------------------------------------------------------- pieces
     def num_masked(self) -> int:
         return max(1, min(self.num_patches - 1, round(self.p.mask_ratio * self.num_patches)))

@@ -105,6 +105,13 @@ class DINO(Method):
         self.head.cancel_last_layer_grads_while(
             lambda: self._step < self.p.freeze_last_layer * self.steps_per_epoch)
 
+    def setup_warnings(self) -> list[str]:
+        frozen = int(self.p.freeze_last_layer * self.steps_per_epoch)
+        if frozen >= self.total_steps:
+            return [f"params.freeze_last_layer ({self.p.freeze_last_layer:g} epochs, {frozen} steps) covers the "
+                    f"whole run ({self.total_steps} steps): the head's last layer never trains; lower it"]
+        return []
+
     def teacher_temp(self, step: int) -> float:
         """Teacher temperature at a step (per-epoch warm-up as in the official code)."""
         p = self.p
