@@ -32,10 +32,10 @@ Generators:
 from __future__ import annotations
 
 import math
-import random
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 MASK_TYPES = ("random", "block", "grid")  # patch_mask's kinds
 
@@ -251,29 +251,36 @@ def block_masking(
     min_block: int = 16,
     aspect: tuple[float, float] = (0.3, 1 / 0.3),
     max_block: int | None = None,
+    attempts: int = 10,
     device=None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """BEiT's blockwise masking (Bao et al. 2022, Algorithm 1; microsoft/unilm
     ``beit/masking_generator.py``), with exactly ``num_masked`` masked patches per image.
 
-    Repeat until ``num_masked`` patches are masked: draw a block area
+    Per image, repeat until ``num_masked`` patches are masked: draw a block area
     ``s ~ U(min_block, remaining)`` (capped by ``max_block``), an aspect ratio
     ``r ~ exp(U(log a0, log a1))``, ``h = round(sqrt(s r))``, ``w = round(sqrt(s / r))``,
     a random position; mask the block if it adds new patches without overshooting the
-    target (10 attempts per block, as in BEiT's code). BEiT's loop stops when no block
-    fits the last few patches; here those are topped up with random unmasked patches (and
-    any excess, which the overshoot check prevents, would be trimmed at random), so the
-    count is exact, as BEiT (75 of 196) effectively ensures.
+    target (``attempts`` = 10 tries per block, as in BEiT's code; the first that fits is
+    taken). BEiT's loop stops when no block fits the last few patches; here those are
+    topped up with random unmasked patches, so the count is exact, as BEiT (75 of 196)
+    effectively ensures.
 
     ``min_block`` (16, for BEiT's 196 patches) is scaled with the grid:
     ``min(min_block, max(2, ceil(min_block * L / 196)))``, and at most ``num_masked``, so
     small grids (8 x 8 at 32 px / patch 4) still get several blocks.
 
-    Cost: a per-image Python loop with Python's ``random`` on a numpy grid (seeded once
-    per call from ``generator``), roughly 20-100 us per image for 8x8 - 14x14 grids (18 ms
-    for 256 images at 14 x 14 on one core); only the final ``[n, L]`` mask is moved to
-    ``device``, on CUDA without blocking (so the host work overlaps the queued GPU work).
+    Batched on ``device``, no per-image Python: each round draws ``attempts`` candidate
+    blocks for every image at once, counts the patches each would add with a summed-area
+    table of the mask so far (four lookups per candidate), and paints the first fitting
+    candidate of each image that is still short. On the CPU the loop ends when every image
+    is done (10 rounds for 75 of 14 x 14); on CUDA it runs its fixed number of rounds
+    (``2 * ceil(num_masked / min_block) + 8``, never reached in measurements), so nothing
+    waits for the GPU. Measured on one CPU core, 256 images: 20 ms at 14 x 14 (the former
+    per-image Python loop on the host: 22 ms, and on a GPU run it held the training
+    thread), 9 ms at 8 x 8 (12.5 ms); the masks' statistics match the per-image loop's
+    (4-connected components per mask, 3,000 masks: 1.75 / 1.79 against 1.78 / 1.81).
 
     Returns bool [n, gh * gw], True = masked.
     """
@@ -286,45 +293,43 @@ def block_masking(
     min_b = min(int(min_block), max(2, math.ceil(min_block * L / _BEIT_L)))
     min_b = max(1, min(min_b, num_masked)) if num_masked else 1
     max_b = num_masked if max_block is None else max(1, int(max_block))
-    log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
-    rng = random.Random(_host_seed(generator))
-    out = np.zeros((n, gh, gw), dtype=bool)
-    for i in range(n):
-        mask = out[i]
-        count = 0
-        while count < num_masked:
-            delta = _beit_block(mask, rng, min_b, min(num_masked - count, max_b), log_aspect)
-            if delta == 0:
-                break
-            count += delta
-        flat = mask.reshape(-1)  # a view: edits land in `out`
-        if count < num_masked:  # top up at random
-            free = np.flatnonzero(~flat).tolist()
-            flat[rng.sample(free, num_masked - count)] = True
-        elif count > num_masked:  # trim at random (not reached: blocks never overshoot)
-            used = np.flatnonzero(flat).tolist()
-            flat[rng.sample(used, count - num_masked)] = False
-    return _to_device(out.reshape(n, L), dev)
+    la, lb = math.log(aspect[0]), math.log(aspect[1])
+    mask = torch.zeros(n, gh, gw, dtype=torch.bool, device=dev)  # mask: [n, gh, gw]
+    count = torch.zeros(n, dtype=torch.long, device=dev)  # masked so far
+    active = torch.full((n,), num_masked > 0, dtype=torch.bool, device=dev)  # still short, last block fitted
+    rows = torch.arange(gh, device=dev).view(1, gh, 1)
+    cols = torch.arange(gw, device=dev).view(1, 1, gw)
+    for _round in range(2 * math.ceil(num_masked / min_b) + 8):
+        remaining = (num_masked - count).clamp(max=max_b).unsqueeze(1)  # [n, 1]
+        u = _rand((4, n, attempts), dev, generator)  # u: [4, n, A]
+        area = min_b + (remaining - min_b) * u[0]  # U(min_b, remaining), as Python's uniform(a, b)
+        ratio = torch.exp(la + (lb - la) * u[1])
+        h = torch.round(torch.sqrt(area * ratio)).long()  # [n, A]
+        w = torch.round(torch.sqrt(area / ratio)).long()
+        valid = (h > 0) & (h < gh) & (w > 0) & (w < gw)  # BEiT: strictly smaller than the grid
+        top = torch.floor(u[2] * (gh - h + 1).clamp(min=1)).long().clamp(max=gh - 1)  # randint(0, gh - h)
+        left = torch.floor(u[3] * (gw - w + 1).clamp(min=1)).long().clamp(max=gw - 1)
+        bottom, right = (top + h).clamp(max=gh), (left + w).clamp(max=gw)
+        sat = F.pad(mask.to(torch.int32).cumsum(1).cumsum(2), (1, 0, 1, 0)).reshape(n, -1)  # [n, (gh+1)(gw+1)]
 
+        def at(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return sat.gather(1, y * (gw + 1) + x)  # [n, A]
 
-def _beit_block(mask: np.ndarray, rng: random.Random, min_b: int, max_patches: int,
-                log_aspect: tuple[float, float]) -> int:
-    """One block of BEiT's ``MaskingGenerator._mask``: mask [gh, gw] in place; new patches."""
-    gh, gw = mask.shape
-    for _attempt in range(10):
-        target = rng.uniform(min_b, max_patches)
-        ar = math.exp(rng.uniform(*log_aspect))
-        h = int(round(math.sqrt(target * ar)))
-        w = int(round(math.sqrt(target / ar)))
-        if 0 < h < gh and 0 < w < gw:  # BEiT: strictly smaller than the grid
-            top = rng.randint(0, gh - h)
-            left = rng.randint(0, gw - w)
-            region = mask[top:top + h, left:left + w]
-            new = h * w - int(region.sum())
-            if 0 < new <= max_patches:
-                region[...] = True
-                return new
-    return 0
+        new = h * w - (at(bottom, right) - at(top, right) - at(bottom, left) + at(top, left))  # [n, A]
+        fits = valid & (new > 0) & (new <= remaining) & active[:, None]
+        first = fits.to(torch.uint8).argmax(1, keepdim=True)  # [n, 1] the first attempt that fits
+        hit = fits.any(1)  # [n]
+        t, b, lft, r = (v.gather(1, first)[..., None] for v in (top, bottom, left, right))  # [n, 1, 1]
+        block = (rows >= t) & (rows < b) & (cols >= lft) & (cols < r)  # [n, gh, gw]
+        mask |= block & hit.view(n, 1, 1)
+        count += torch.where(hit, new.gather(1, first).squeeze(1), 0)
+        active &= hit & (count < num_masked)  # BEiT stops at the first block that fits nowhere
+        if dev.type == "cpu" and not bool(active.any()):  # free on the CPU; a GPU sync otherwise
+            break
+    flat = mask.reshape(n, L)
+    # top up at random: rank the free patches first (noise < 1), take `deficit` of them
+    ranks = torch.argsort(torch.argsort(_rand((n, L), dev, generator) + 2.0 * flat, dim=1), dim=1)
+    return flat | (ranks < (num_masked - count).unsqueeze(1))
 
 
 # ----------------------------------------------------------------- MultiMAE

@@ -156,6 +156,52 @@ def test_block_masking_small_grid_still_blocky():
     assert np.mean([components(g) for g in m]) < 0.3 * num
 
 
+def _beit_reference(n: int, gh: int, gw: int, num: int, min_b: int, seed: int) -> np.ndarray:
+    """BEiT's MaskingGenerator (microsoft/unilm beit/masking_generator.py) per image, in plain
+    Python, with the same top-up to the exact count."""
+    import random as pyrandom
+
+    rng = pyrandom.Random(seed)
+    out = np.zeros((n, gh, gw), dtype=bool)
+    la, lb = math.log(0.3), math.log(1 / 0.3)
+    for mask in out:
+        count = 0
+        while count < num:
+            left_to_mask, delta = num - count, 0
+            for _ in range(10):
+                target = rng.uniform(min_b, left_to_mask)
+                ar = math.exp(rng.uniform(la, lb))
+                h, w = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
+                if 0 < h < gh and 0 < w < gw:
+                    top, left = rng.randint(0, gh - h), rng.randint(0, gw - w)
+                    new = h * w - int(mask[top:top + h, left:left + w].sum())
+                    if 0 < new <= left_to_mask:
+                        mask[top:top + h, left:left + w] = True
+                        delta = new
+                        break
+            if delta == 0:
+                break
+            count += delta
+        free = np.flatnonzero(~mask.reshape(-1)).tolist()
+        mask.reshape(-1)[rng.sample(free, num - count)] = True
+    return out
+
+
+def test_block_masking_matches_beits_per_image_algorithm_in_distribution():
+    n, (gh, gw), num = 2000, (14, 14), 75
+    ours = block_masking(n, (gh, gw), num, generator=gen(9)).reshape(n, gh, gw).numpy()
+    ref = _beit_reference(n, gh, gw, num, 16, seed=9)
+    assert (ref.reshape(n, -1).sum(1) == num).all()
+    c_ours = np.array([components(g) for g in ours[:1500]])
+    c_ref = np.array([components(g) for g in ref[:1500]])
+    se = np.hypot(c_ours.std(), c_ref.std()) / np.sqrt(1500)
+    assert abs(c_ours.mean() - c_ref.mean()) < 4 * se, (c_ours.mean(), c_ref.mean())
+    # where the blocks land: the same per-patch frequency (borders are masked less often)
+    f_ours, f_ref = ours.mean(0), ref.mean(0)
+    assert np.abs(f_ours - f_ref).max() < 0.06
+    assert f_ref[0, 0] < f_ref[7, 7] - 0.1 and f_ours[0, 0] < f_ours[7, 7] - 0.1
+
+
 def test_block_masking_varies_and_covers_grid():
     m = block_masking(512, (8, 8), 26, generator=gen(7)).float()
     assert not torch.equal(m[0], m[1])
