@@ -376,8 +376,9 @@ def dirichlet_allocation(
     counts += bump
     if capacity is not None:
         cap = np.asarray(capacity, dtype=np.int64)
-        for i in range(n):
-            over = int(np.maximum(counts[i] - cap, 0).sum())
+        overflow = np.maximum(counts - cap, 0).sum(axis=1)  # [n]; rows over a capacity are rare
+        for i in np.flatnonzero(overflow):  # (none when num_visible fits every modality)
+            over = int(overflow[i])
             if over:
                 counts[i] = np.minimum(counts[i], cap)
                 room = cap - counts[i]
