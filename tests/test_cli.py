@@ -70,6 +70,20 @@ def test_eval_knn_prints_one_json_line(trained_run, capsys):
     assert row["knn_top1"] == pytest.approx(last["knn_top1"], abs=1e-6)
 
 
+def test_eval_linear_prints_one_json_line(trained_run, capsys):
+    assert evaluate.main(["linear", "--run", str(trained_run), "--device", "cpu", "--epochs", "5"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    row = json.loads(out[0])
+    assert 0.0 <= row["linear_top1"] <= 1.0 and 0.0 <= row["train_top1"] <= 1.0
+    assert row["step"] == 8 and row["n_train"] == 256 and row["n_test"] == 128 and row["epochs"] == 5
+    with pytest.raises(SystemExit) as e:  # argparse: exit 2
+        evaluate.main(["linear", "--run", str(trained_run), "--epochs", "0"])
+    assert e.value.code == 2
+    assert evaluate.main(["linear", "--run", str(trained_run), "--lr", "-1"]) == 2
+    assert "--lr must be positive" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("fmt", ["torchvision", "timm", "safetensors"])
 def test_export_loads_strictly_into_library_models(trained_run, tmp_path, fmt):
     import timm

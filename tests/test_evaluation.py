@@ -7,7 +7,7 @@ import torch
 
 from engine.config import validate_config
 from engine.data import DataSplits, ImageSet
-from engine.evaluation import knn_evaluate, standardize, standardize_features
+from engine.evaluation import fit_linear_probe, knn_evaluate, linear_probe_evaluate, standardize, standardize_features
 from engine.methods import create_method, get_method
 from engine.methods.base import Method
 from test_cli import _tiny
@@ -104,3 +104,35 @@ def test_cli_line_names_the_protocol(capsys) -> None:
     printer(ev.Evaluation(80, knn_top1=0.5))
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["step 40: kNN top-1 0.2500 (standardised features)", "step 80: kNN top-1 0.5000"]
+
+
+# ------------------------------------------------------------------- linear probe
+def test_linear_probe_reads_a_linear_signal_and_not_noise() -> None:
+    g = torch.Generator().manual_seed(0)
+    y_tr, y_te = torch.randint(0, 10, (600,), generator=g), torch.randint(0, 10, (300,), generator=g)
+    onehot = lambda y: torch.nn.functional.one_hot(y, 10).float()  # noqa: E731
+    # the class is a direction among 54 noise dimensions of 100x its scale
+    f_tr = torch.cat([onehot(y_tr), 100 * torch.randn(600, 54, generator=g)], 1)
+    f_te = torch.cat([onehot(y_te), 100 * torch.randn(300, 54, generator=g)], 1)
+    res = fit_linear_probe(f_tr, y_tr, f_te, y_te, 10, epochs=50)
+    assert res["linear_top1"] > 0.95 and res["train_top1"] > 0.95
+    # pure noise: it fits the training set, and the test set stays near chance (0.1)
+    noise = fit_linear_probe(torch.randn(600, 64, generator=g), y_tr, torch.randn(300, 64, generator=g), y_te, 10,
+                             epochs=50)
+    assert noise["train_top1"] > 0.25 and noise["linear_top1"] < 0.2
+
+
+def test_linear_probe_of_a_method_uses_its_embed_and_the_kNN_subsets() -> None:
+    cfg = validate_config({**_tiny(), "eval": {"max_bank": 300, "max_queries": 100}})
+    tr, te = _images(400, 0), _images(200, 1)
+    names = [str(c) for c in range(N_CLASSES)]
+    data = DataSplits(train=ImageSet(tr[0], tr[1], names), test=ImageSet(te[0], te[1], names), name="toy",
+                      source="toy")
+    m = MeanColour(cfg, 8, False)
+    m.train()
+    res = linear_probe_evaluate(m, data, cfg, torch.device("cpu"), epochs=100, lr=3e-2)
+    assert res["n_train"] == 300 and res["n_test"] == 100 and res["epochs"] == 100
+    assert res["linear_top1"] > 0.9  # four ordered levels of one small channel next to large noise
+    assert m.training  # the method's mode is restored
+    unlabeled = DataSplits(train=ImageSet(tr[0], None, []), test=None, name="toy", source="toy")
+    assert linear_probe_evaluate(m, unlabeled, cfg, torch.device("cpu")) is None

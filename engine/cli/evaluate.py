@@ -1,8 +1,10 @@
 """ssl-eval: evaluate a run's backbone.
 
-    ssl-eval knn --run RUNDIR [--data PATH] [--device auto|cpu|cuda]
+    ssl-eval knn --run RUNDIR [--data PATH] [--device auto|cpu|cuda] [--k K]
+    ssl-eval linear --run RUNDIR [--data PATH] [--device auto|cpu|cuda] [--epochs E] [--lr LR]
 
-prints one JSON line: {"knn_top1": ..., "step": ..., "n_bank": ..., "n_queries": ...}
+each prints one JSON line: {"knn_top1": ..., "step": ..., "n_bank": ..., "n_queries": ...} or
+{"linear_top1": ..., "train_top1": ..., "step": ..., "n_train": ..., "n_test": ..., "epochs": ...}
 """
 
 from __future__ import annotations
@@ -21,8 +23,25 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--run", required=True, help="run folder")
     k.add_argument("--data", help="dataset to evaluate on (default: the run's)")
     k.add_argument("--device", default="auto")
-    k.add_argument("--k", type=int, help="neighbours (default: the run's eval.knn_k)")
+    k.add_argument("--k", type=_positive_int, help="neighbours (default: the run's eval.knn_k)")
+    lin = sub.add_parser("linear", help="linear probe on frozen backbone features (BatchNorm without affine + "
+                                        "one linear layer, as MAE's)")
+    lin.add_argument("--run", required=True, help="run folder")
+    lin.add_argument("--data", help="dataset to evaluate on (default: the run's)")
+    lin.add_argument("--device", default="auto")
+    lin.add_argument("--epochs", type=_positive_int, default=100, help="passes over the cached features (100)")
+    lin.add_argument("--lr", type=float, default=1e-2, help="AdamW learning rate, cosine-decayed (1e-2)")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +52,7 @@ def _main(argv):
     args = parser().parse_args(argv)
     from ..data import load_dataset
     from ..errors import UserError
-    from ..evaluation import knn_evaluate
+    from ..evaluation import knn_evaluate, linear_probe_evaluate
     from ..export import load_run_method
     from ..trainer import resolve_device
 
@@ -41,9 +60,19 @@ def _main(argv):
     cfg, method, state = load_run_method(args.run, device)
     if args.data:
         cfg.data.source = args.data
-    if args.k:
+    if args.cmd == "knn" and args.k:
         cfg.eval.knn_k = args.k
     data = load_dataset(cfg.data)
+    if args.cmd == "linear":
+        if not args.lr > 0:
+            raise UserError(f"--lr must be positive, got {args.lr}")
+        res = linear_probe_evaluate(method, data, cfg, device, epochs=args.epochs, lr=args.lr)
+        if res is None:
+            raise UserError("the data has no labels (or no test split): a linear probe needs both")
+        print(json.dumps({"linear_top1": res["linear_top1"], "train_top1": res["train_top1"],
+                          "step": int(state["step"]), "n_train": res["n_train"], "n_test": res["n_test"],
+                          "epochs": res["epochs"], "data": cfg.data.source}))
+        return 0
     knn, _, _ = knn_evaluate(method, data, cfg, device)
     if knn is None:
         raise UserError("the data has no labels (or no test split): kNN accuracy needs both")
