@@ -32,6 +32,33 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def applies_when(**conditions: list[str]) -> dict:
+    """Schema hint for forms: the setting is used only when every named setting (``__`` for a
+    dot: ``model__arch``) matches one of the patterns: exact, ``prefix*``, or ``!value`` (any
+    other value). The studio greys the field out otherwise; validation is unaffected."""
+    return {"applies_when": {k.replace("__", "."): list(v) for k, v in conditions.items()}}
+
+
+def condition_holds(value, patterns: list[str]) -> bool:
+    """Whether a setting's value matches one of :func:`applies_when`'s patterns."""
+    text = "" if value is None else str(value).strip().lower()
+    for pat in patterns:
+        pat = pat.lower()
+        if pat.startswith("!"):
+            if text != pat[1:]:
+                return True
+        elif pat.endswith("*"):
+            if text.startswith(pat[:-1]):
+                return True
+        elif text == pat:
+            return True
+    return False
+
+
+_SHAPES = applies_when(data__source=["shapes"])
+_FILES = applies_when(data__source=["!shapes"])
+_TRANSFORMER = applies_when(model__arch=["vit*", "swin*"])
+
 # --------------------------------------------------------------------------- data
 class DataConfig(Strict):
     source: str = Field(
@@ -44,20 +71,26 @@ class DataConfig(Strict):
         description="Side of the cached square images in pixels; empty keeps the native size "
         "(images of mixed sizes are resized on the short side and centre-cropped).",
     )
-    shapes_train: int = Field(2000, ge=10, le=1_000_000, description="shapes: training images.")
-    shapes_test: int = Field(500, ge=10, le=1_000_000, description="shapes: evaluation images.")
-    shapes_size: int = Field(64, ge=16, le=512, description="shapes: image side in pixels.")
+    shapes_train: int = Field(2000, ge=10, le=1_000_000, description="shapes: training images.",
+                              json_schema_extra=_SHAPES)
+    shapes_test: int = Field(500, ge=10, le=1_000_000, description="shapes: evaluation images.",
+                             json_schema_extra=_SHAPES)
+    shapes_size: int = Field(64, ge=16, le=512, description="shapes: image side in pixels.",
+                             json_schema_extra=_SHAPES)
     seed: int = Field(0, ge=0, description="Seed of the shapes generator and of the split of unsplit folders.")
     test_fraction: float = Field(
         0.1, ge=0.0, le=0.5,
         description="Fraction held out for evaluation when the source has no train/test split.",
+        json_schema_extra=_FILES,
     )
     cache_dir: str | None = Field(
         None,
         description="Folder for the decoded uint8 cache (.npy memmap keyed by the source); "
         "empty keeps the cache in memory only.",
+        json_schema_extra=_FILES,
     )
-    workers: int = Field(0, ge=0, le=256, description="Decoding processes (0: one per CPU core).")
+    workers: int = Field(0, ge=0, le=256, description="Decoding processes (0: one per CPU core).",
+                         json_schema_extra=_FILES)
     on_device: bool = Field(
         True, description="Keep the uint8 cache on the training device (GPU) when it fits."
     )
@@ -125,10 +158,13 @@ class ModelConfig(Strict):
         "(vit_tiny, vit_small, vit_base, vit_large or a full timm name).",
     )
     cifar_stem: bool | None = Field(
-        None, description="ResNet: 3x3 stride-1 first conv and no max-pool; empty: on for images <= 64 px."
+        None, description="ResNet: 3x3 stride-1 first conv and no max-pool; empty: on for images <= 64 px.",
+        json_schema_extra=applies_when(model__arch=["resnet*"]),
     )
-    patch_size: int = Field(16, ge=2, le=32, description="ViT patch size in pixels.")
-    drop_path: float = Field(0.0, ge=0, le=0.9, description="ViT stochastic depth rate.")
+    patch_size: int = Field(16, ge=2, le=32, description="ViT patch size in pixels (Swin: fixed by the model).",
+                            json_schema_extra=applies_when(model__arch=["vit*"]))
+    drop_path: float = Field(0.0, ge=0, le=0.9, description="ViT / Swin stochastic depth rate.",
+                             json_schema_extra=_TRANSFORMER)
 
 
 # ------------------------------------------------------------------ optimiser
@@ -145,9 +181,12 @@ class OptimConfig(Strict):
     weight_decay_end: float | None = Field(
         None, ge=0, le=1, description="Weight decay at the end (cosine); empty keeps it constant."
     )
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD / LARS momentum.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    lars_eta: float = Field(0.02, gt=0, le=1, description="LARS trust coefficient.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD / LARS momentum.",
+                            json_schema_extra=applies_when(optim__optimizer=["sgd", "lars"]))
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.",
+                                       json_schema_extra=applies_when(optim__optimizer=["adamw"]))
+    lars_eta: float = Field(0.02, gt=0, le=1, description="LARS trust coefficient.",
+                            json_schema_extra=applies_when(optim__optimizer=["lars"]))
     clip_grad: float = Field(0.0, ge=0, description="Clip the gradient norm to this value (0: off).")
     clip_mode: Literal["global", "per_param"] = Field(
         "global", description="global: one norm over all parameters; per_param: each parameter's "

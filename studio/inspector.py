@@ -57,7 +57,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.config import RunConfig, live_keys, load_yaml, validate_config
+from engine.config import RunConfig, condition_holds, live_keys, load_yaml, validate_config
 from engine.errors import ConfigError, UserError
 from engine.methods import get_method
 from engine.presets import list_presets, load_preset, preset_description
@@ -95,6 +95,7 @@ class FieldSpec:
     maximum: float | None = None
     exclusive_min: float | None = None
     exclusive_max: float | None = None
+    applies_when: dict[str, list[str]] = field(default_factory=dict)  # engine.config.applies_when
 
     def range_text(self) -> str:
         lo = f"{_fmt(self.minimum)} ≤ " if self.minimum is not None else (
@@ -119,7 +120,7 @@ def field_spec(key: str, prop: dict, defs: dict) -> FieldSpec:
     """The FieldSpec of one schema property."""
     section, _, label = key.partition(".")
     spec = FieldSpec(key=key, section=section, label=label or key, kind="yaml",
-                     description=prop.get("description", ""))
+                     description=prop.get("description", ""), applies_when=dict(prop.get("applies_when", {})))
     core = prop
     variants = prop.get("anyOf")
     if variants:
@@ -759,7 +760,22 @@ class ParameterInspector(QWidget):
         parts.append(f"reference value: {_fmt(base) if base is not None else 'auto'}")
         if row.live:
             parts.append("<i>live: can change while a run goes (applied before the next step)</i>")
+        if not self.applies(s.key):
+            parts.append("<i>not used with the current setup: applies when "
+                         + _html(self.applies_text(s.key)) + "</i>")
         return "<br>".join(parts)
+
+    def applies(self, key: str) -> bool:
+        """Whether a setting is used with the current values (its schema's ``applies_when``)."""
+        row = self._rows.get(key)
+        if row is None:
+            return True
+        return all(condition_holds(get_dotted(self._values, k), pats) for k, pats in row.spec.applies_when.items())
+
+    def applies_text(self, key: str) -> str:
+        conds = self._rows[key].spec.applies_when
+        return " and ".join(f"{k} is " + " or ".join(p.replace("!", "not ") for p in pats)
+                            for k, pats in conds.items())
 
     # -------------------------------------------------------- editing flow
     def _on_edited(self, key: str) -> None:
@@ -865,8 +881,9 @@ class ParameterInspector(QWidget):
                 w.setToolTip(tip)
             err = self._parse_errors.get(key) or (self._error if key == self._error_key else "")
             self._show_row_error(row, err)
-            row.editor.setEnabled(not self._running or row.live)
-            row.label.setEnabled(not self._running or row.live)
+            used = self.applies(key)  # greyed out, still editable in YAML, when the setup ignores it
+            row.editor.setEnabled((not self._running or row.live) and used)
+            row.label.setEnabled((not self._running or row.live) and used)
 
     # ----------------------------------------------------------- filtering
     def set_block_filter(self, keys: list[str] | None, title: str = "") -> None:

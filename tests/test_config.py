@@ -80,3 +80,15 @@ def test_a_preset_file_is_also_a_config_file() -> None:
     raw = load_yaml(PRESET_DIR / "simclr_cifar.yaml")
     assert isinstance(raw["description"], str)
     assert validate_config(raw).method == "simclr"  # the description is a comment
+
+
+def test_applies_when_hints_are_in_the_schema_and_match_values() -> None:
+    from engine.config import RunConfig, condition_holds
+
+    props = RunConfig.model_json_schema()["$defs"]
+    assert props["ModelConfig"]["properties"]["patch_size"]["applies_when"] == {"model.arch": ["vit*"]}
+    assert props["DataConfig"]["properties"]["workers"]["applies_when"] == {"data.source": ["!shapes"]}
+    assert condition_holds("vit_small", ["vit*"]) and not condition_holds("resnet18", ["vit*", "swin*"])
+    assert condition_holds("LARS", ["sgd", "lars"]) and not condition_holds("adamw", ["sgd", "lars"])
+    assert condition_holds("/data/x.tar.gz", ["!shapes"]) and not condition_holds("shapes", ["!shapes"])
+    assert not condition_holds(None, ["vit*"])

@@ -214,6 +214,30 @@ def test_editors_follow_the_schema(make_window):
     assert insp.value("data.image_size") is None
 
 
+def test_settings_the_setup_ignores_are_greyed_out(make_window):
+    insp = make_window().inspector
+    insp.set_text("model.arch", "resnet18")
+    insp.set_value("optim.optimizer", "adamw")
+    insp.set_text("data.source", "shapes")
+    on = lambda key: insp.editor(key).isEnabled()  # noqa: E731
+    assert on("model.cifar_stem") and not on("model.patch_size") and not on("model.drop_path")
+    assert on("optim.betas") and not on("optim.momentum") and not on("optim.lars_eta")
+    assert on("data.shapes_size") and not on("data.workers") and not on("data.cache_dir")
+    assert "applies when model.arch is vit*" in insp.editor("model.patch_size").toolTip()
+    insp.set_text("model.arch", "vit_tiny")
+    combo = insp.editor("optim.optimizer").combo
+    combo.setCurrentText("lars")
+    combo.activated.emit(combo.currentIndex())  # as when a user picks it
+    assert not on("model.cifar_stem") and on("model.patch_size") and on("model.drop_path")
+    assert not on("optim.betas") and on("optim.momentum") and on("optim.lars_eta")
+    assert "not used" not in insp.editor("model.patch_size").toolTip()
+    insp.set_text("model.arch", "swin_tiny")
+    assert not on("model.patch_size") and on("model.drop_path")  # Swin's patch is its model's
+    insp.set_text("data.source", "/data/cifar10.tar.gz")
+    assert not on("data.shapes_size") and on("data.workers") and on("data.cache_dir")
+    assert insp.is_valid()  # greyed-out settings stay in the config and never block Start
+
+
 def test_presets_and_yaml_round_trip(make_window, tmp_path):
     win = make_window()
     insp = win.inspector
