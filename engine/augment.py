@@ -69,10 +69,9 @@ Design notes
   enabled globally, the blur and colour matrices run in TF32 (~1e-3 relative).
 * Per-view probabilities: ``blur_p`` / ``solarize_p`` may be lists with one value
   per global view; global view i uses ``p[i % len(p)]`` (BYOL [1.0, 0.1] with 4
-  globals gives 1.0, 0.1, 1.0, 0.1). Local crops use the FIRST value of a list
-  (the float itself otherwise): for BYOL/DINO-style lists that means strong blur
-  and no solarization on locals (DINO itself uses blur p=0.5 on locals; give a
-  float if that matters).
+  globals gives 1.0, 0.1, 1.0, 0.1). Local crops use ``local_blur_p`` /
+  ``local_solarize_p`` (DINO: 0.5 and 0), or, left empty, the FIRST value of the
+  list (the float itself otherwise).
 * Random numbers: all from the given ``torch.Generator`` (on x's device), one
   ``torch.rand`` per group of views with a fixed number of columns, so the same
   generator state gives the same views (reproducible, resumable), whichever
@@ -269,8 +268,8 @@ class GPUAugment:
         self.local_scale = (float(l.scale[0]), float(l.scale[1]))
         self.global_blur_p = [_per_view(aug.blur_p, i) for i in range(self.n_global)]
         self.global_solarize_p = [_per_view(aug.solarize_p, i) for i in range(self.n_global)]
-        self.local_blur_p = _first(aug.blur_p)
-        self.local_solarize_p = _first(aug.solarize_p)
+        self.local_blur_p = _first(aug.blur_p) if aug.local_blur_p is None else float(aug.local_blur_p)
+        self.local_solarize_p = _first(aug.solarize_p) if aug.local_solarize_p is None else float(aug.local_solarize_p)
         self._consts: dict[torch.device, _Consts] = {}
 
     # ------------------------------------------------------------------ public

@@ -136,8 +136,16 @@ class AugConfig(Strict):
         0.0, description="Gaussian blur probability; a list gives one value per global view "
         "(BYOL: [1.0, 0.1]). SimCLR leaves blur out on 32-96 px images."
     )
-    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Blur sigma range (pixels at 224 px, scaled).")
+    blur_sigma: tuple[float, float] = Field(
+        (0.1, 2.0), description="Blur sigma range in pixels of the crop (not scaled with the crop size, as in "
+        "SimCLR's, BYOL's and DINO's code).")
     solarize_p: PerView = Field(0.0, description="Solarization probability; a list gives one value per global view.")
+    local_blur_p: float | None = Field(
+        None, ge=0, le=1, description="Blur probability of the local crops; empty: the first value of blur_p "
+        "(DINO: 0.5 beside global [1.0, 0.1]).", json_schema_extra=applies_when(aug__local_crops__count=["!0"]))
+    local_solarize_p: float | None = Field(
+        None, ge=0, le=1, description="Solarization probability of the local crops; empty: the first value of "
+        "solarize_p (DINO: 0).", json_schema_extra=applies_when(aug__local_crops__count=["!0"]))
     mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="Normalisation mean.")
     std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="Normalisation std.")
 

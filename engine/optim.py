@@ -78,6 +78,8 @@ class LARS(torch.optim.Optimizer):
 
 
 def _is_no_decay(name: str, p: torch.Tensor) -> bool:
+    # biases, norm layers and other 1-D tensors, and (the timm / MAE convention) the ViT's
+    # position embedding and CLS token; DINO's get_params_groups decays those two
     return p.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "cls_token" in name
 
 

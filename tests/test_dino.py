@@ -204,6 +204,19 @@ def test_needs_two_crops() -> None:
         create_method(cfg, 32)
 
 
+def test_teacher_has_no_stochastic_depth() -> None:
+    # DINO's teacher ViT is built without drop_path_rate: in training mode its targets are
+    # deterministic, while the student keeps its stochastic depth
+    torch.manual_seed(0)
+    cfg = validate_config(with_(_tiny(), method="dino", params=SMALL,
+                                model={"arch": "vit_tiny", "patch_size": 8, "drop_path": 0.5}))
+    m = create_method(cfg, 32).train()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m.teacher_backbone(x), m.teacher_backbone(x))
+        assert not torch.allclose(m.backbone(x), m.backbone(x))
+
+
 # --------------------------------------------------------------------- probes
 def test_attention_probe_with_vit() -> None:
     torch.manual_seed(0)

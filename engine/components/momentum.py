@@ -25,10 +25,17 @@ def momentum_at(step: int, total: int, base: float, schedule: str = "cosine", fi
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
-    """A frozen deep copy of ``student`` (no gradients)."""
+    """A frozen deep copy of ``student`` (no gradients), without stochastic depth or dropout:
+    DINO builds its teacher ViT without ``drop_path_rate`` (the student keeps it), so the
+    targets are not randomly thinned."""
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    for mod in teacher.modules():
+        if isinstance(mod, nn.Dropout):
+            mod.p = 0.0
+        elif hasattr(mod, "drop_prob"):  # timm's DropPath
+            mod.drop_prob = 0.0
     return teacher
 
 
