@@ -180,9 +180,14 @@ class OptimConfig(Strict):
     optimizer: Literal["sgd", "adamw", "lars"] = Field("lars", description="Optimiser (AdamW and SGD fused).")
     lr: float = Field(
         0.3, gt=0, le=100,
-        description="Base learning rate; the peak LR is lr x batch_size / 256 when scale_lr is on.",
+        description="Base learning rate; the peak LR is lr x batch_size / 256 when scale_lr is on "
+        "(lr x sqrt(batch_size) with lr_scaling sqrt).",
     )
-    scale_lr: bool = Field(True, description="Scale the LR linearly with batch size / 256.")
+    scale_lr: bool = Field(True, description="Scale the LR with the batch size (lr_scaling).")
+    lr_scaling: Literal["linear", "sqrt"] = Field(
+        "linear", description="With scale_lr: linear: lr x batch_size / 256 (Goyal et al.; most methods); "
+        "sqrt: lr x sqrt(batch_size) (SimCLR v2: 0.1 x sqrt(4096) = 6.4).",
+        json_schema_extra=applies_when(optim__scale_lr=["true"]))
     min_lr: float = Field(0.0, ge=0, description="LR at the end of the cosine schedule (absolute).")
     warmup_epochs: float = Field(10.0, ge=0, description="Linear warmup length in epochs.")
     weight_decay: float = Field(1e-6, ge=0, le=1, description="Weight decay at the start.")
@@ -333,14 +338,40 @@ def set_in(d: dict[str, Any], path: list[str], value: Any) -> None:
     cur[path[-1]] = value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the
+    last one silently: a setting typed twice is a mistake to report, not to guess)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set = set()
+    for key_node, _value in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key '{key}' appears twice in one mapping", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def safe_load_strict(text: str) -> Any:
+    """``yaml.safe_load`` (no object construction) that also refuses duplicate keys."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = safe_load_strict(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {str(e).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

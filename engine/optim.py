@@ -33,7 +33,10 @@ def cosine_schedule(base: float, final: float, total: int, warmup: int = 0, warm
 
 
 def peak_lr(cfg: OptimConfig, batch_size: int) -> float:
-    return cfg.lr * batch_size / 256 if cfg.scale_lr else cfg.lr
+    """The schedule's peak LR: ``lr`` scaled with the batch size as ``scale_lr`` / ``lr_scaling`` say."""
+    if not cfg.scale_lr:
+        return cfg.lr
+    return cfg.lr * math.sqrt(batch_size) if cfg.lr_scaling == "sqrt" else cfg.lr * batch_size / 256
 
 
 class LARS(torch.optim.Optimizer):

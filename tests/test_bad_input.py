@@ -163,6 +163,14 @@ def test_bad_yaml_config(tmp_path, capsys):
     assert_user_error(rc, err, "not valid YAML")
 
 
+def test_yaml_config_with_a_key_given_twice(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    p.write_text("method: simclr\ntrain: {steps: 5}\noptim: {lr: 0.1, lr: 0.2}\n")
+    rc, err = run_train(["--config", str(p), "--out", str(tmp_path / "r")], capsys)
+    assert_user_error(rc, err, "line 3")
+    assert "the key 'lr' appears twice" in err and not (tmp_path / "r").exists()
+
+
 def test_tar_of_16bit_and_palette_images(tmp_path, capsys):
     """A .tar.gz of a class-folder dataset with unusual modes trains after conversion."""
     buf = tmp_path / "ds.tar.gz"

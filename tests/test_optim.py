@@ -108,3 +108,12 @@ def test_gradient_clipping_global_and_per_parameter() -> None:
     after = [p.grad.norm().item() for p in m.parameters()]
     assert sum(a * a for a in after) ** 0.5 == pytest.approx(1.0, rel=1e-4)  # one norm over all
     assert after[3] / after[0] == pytest.approx(norms[3] / norms[0], rel=1e-4)  # directions kept
+
+
+def test_peak_lr_scales_linearly_or_by_square_root() -> None:
+    from engine.config import OptimConfig
+    from engine.optim import peak_lr
+
+    assert peak_lr(OptimConfig(lr=0.3), 4096) == pytest.approx(4.8)  # SimCLR: 0.3 x B/256
+    assert peak_lr(OptimConfig(lr=0.1, lr_scaling="sqrt"), 4096) == pytest.approx(6.4)  # SimCLR v2
+    assert peak_lr(OptimConfig(lr=0.1, scale_lr=False, lr_scaling="sqrt"), 4096) == 0.1
