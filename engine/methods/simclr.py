@@ -13,10 +13,14 @@ Paper defaults kept here:
     v2 projector     3 layers with BN on every layer (preset ``simclr_v2``)
     augmentation     random-resized-crop, flip, colour jitter (strength 0.5 on CIFAR), grayscale 0.2;
                      no blur on 32-96 px images
-    optimiser        LARS, lr 0.3 x batch / 256, weight decay 1e-6, 10 warm-up epochs, cosine
+    optimiser        LARS (trust coefficient 0.001), lr 0.3 x batch / 256, weight decay 1e-6,
+                     10 warm-up epochs, cosine; CIFAR-10: lr 1.0 x batch / 256, weight decay 1e-4
+    BatchNorm        both views in one forward pass (statistics over all 2B views, as the official code)
 """
 
 from __future__ import annotations
+
+import torch
 
 from pydantic import Field
 
@@ -55,9 +59,9 @@ class SimCLR(Method):
         self.criterion = NTXentLoss(p.temperature)
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
-        x0, x1 = batch.views[0], batch.views[1]  # x: [B, 3, h, w]
-        z0 = self.projector(self.backbone(x0))  # z: [B, proj_out]
-        z1 = self.projector(self.backbone(x1))
+        x = torch.cat([batch.views[0], batch.views[1]])  # x: [2B, 3, h, w]
+        # one forward: BatchNorm statistics over both views together, as the official code
+        z0, z1 = self.projector(self.backbone(x)).chunk(2)  # z: [B, proj_out] each
         self.criterion.temperature = self.p.temperature  # live-tunable
         loss = self.criterion(z0, z1)
         return StepOutput(loss=loss, pair=(z0.detach(), z1.detach()))
