@@ -173,6 +173,9 @@ class ModelConfig(Strict):
                             json_schema_extra=applies_when(model__arch=["vit*"]))
     drop_path: float = Field(0.0, ge=0, le=0.9, description="ViT / Swin stochastic depth rate.",
                              json_schema_extra=_TRANSFORMER)
+    num_heads: int | None = Field(
+        None, ge=1, le=64, description="ViT attention heads; empty: the architecture's (vit_small: 6, as DeiT; "
+        "MoCo v3's ViT-S has 12). Must divide the width.", json_schema_extra=applies_when(model__arch=["vit*"]))
 
 
 # ------------------------------------------------------------------ optimiser

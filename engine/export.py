@@ -64,6 +64,10 @@ def timm_spec(cfg: RunConfig, backbone: torch.nn.Module) -> dict[str, Any]:
     if img_size is None and pe is not None and getattr(pe, "img_size", None) is not None:
         img_size = int(pe.img_size[0])  # timm keeps it on the patch embedding
     kw = {"num_classes": 0, "img_size": img_size, "patch_size": cfg.model.patch_size}
+    blocks = getattr(backbone, "blocks", None)
+    heads = getattr(getattr(blocks[0], "attn", None), "num_heads", None) if blocks is not None and len(blocks) else None
+    if cfg.model.num_heads and heads:  # not the architecture's default: weights alone do not tell
+        kw["num_heads"] = int(heads)
     init_values = getattr(backbone, "init_values", None)
     if init_values:  # LayerScale (BEiT, 0.1): the plain timm model needs it to have the gamma weights
         kw["init_values"] = float(init_values)

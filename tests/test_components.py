@@ -172,6 +172,26 @@ def test_vit_drop_path_and_gradients() -> None:
     assert bb.patch_embed.proj.weight.grad is not None
 
 
+def test_vit_num_heads_setting() -> None:
+    bb = build_backbone(ModelConfig(arch="vit_small", patch_size=8, num_heads=12), image_size=16)
+    assert bb.blocks[0].attn.num_heads == 12 and bb.out_dim == 384  # MoCo v3's ViT-S
+    assert build_backbone(ModelConfig(arch="vit_small", patch_size=8), image_size=16).blocks[0].attn.num_heads == 6
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_heads 7 does not divide"):
+        build_backbone(ModelConfig(arch="vit_small", patch_size=8, num_heads=7), image_size=16)
+    # the export names the heads: the weights alone load into a 6-head model just as well
+    from engine.config import validate_config
+    from engine.export import timm_spec
+
+    cfg = validate_config({"method": "moco_v3", "model": {"arch": "vit_small", "patch_size": 8, "num_heads": 12}})
+    spec = timm_spec(cfg, bb)
+    assert spec["kwargs"]["num_heads"] == 12
+    plain = timm.create_model(spec["model_name"], **spec["kwargs"])
+    plain.load_state_dict(bb.state_dict(), strict=True)
+    assert plain.blocks[0].attn.num_heads == 12
+
+
 # ==================================================================== heads
 def _kinds(m: nn.Module) -> list[str]:
     return [type(c).__name__ for c in m.children()]

@@ -223,6 +223,8 @@ def _build_vit(arch: str, cfg: ModelConfig, image_size: int) -> nn.Module:
         drop_path_rate=cfg.drop_path,
         dynamic_img_size=True,
     )
+    if cfg.num_heads:
+        kwargs["num_heads"] = cfg.num_heads
     try:
         try:
             model = timm.create_model(name, **kwargs)
@@ -236,6 +238,8 @@ def _build_vit(arch: str, cfg: ModelConfig, image_size: int) -> nn.Module:
         raise ConfigError(f"model.arch '{arch}': {e}") from None
     except TypeError as e:  # the model class does not take one of the arguments
         raise ConfigError(f"model.arch '{arch}' cannot be built with these settings: {e}") from None
+    except AssertionError:  # timm's Attention: dim % num_heads == 0
+        raise ConfigError(f"model.num_heads {cfg.num_heads} does not divide the width of '{arch}'") from None
     # add the backbone methods without wrapping (keeps timm's state_dict keys)
     model.__class__ = _vit_backbone_class(type(model))
     model.arch = arch

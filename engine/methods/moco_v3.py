@@ -122,14 +122,17 @@ class MoCoV3(Method):
                 pe.zero_()
                 pe[0, n_prefix:] = sincos_2d(gh, gw, pe.shape[2]).to(pe.dtype)
                 pe.requires_grad_(False)
+        # the official ViT's patch projection: Xavier-uniform over (3 ps ps + D), zero bias;
+        # frozen (random) with freeze_patch_embed, the paper's stabilising trick
+        proj = vit.patch_embed.proj  # Conv2d(3, D, ps, stride=ps)
+        fan = proj.weight.shape[1] * proj.weight.shape[2] * proj.weight.shape[3] + proj.weight.shape[0]
+        bound = math.sqrt(6.0 / fan)
+        proj.weight.uniform_(-bound, bound)
+        if proj.bias is not None:
+            proj.bias.zero_()
         if p.freeze_patch_embed:
-            proj = vit.patch_embed.proj  # Conv2d(3, D, ps, stride=ps)
-            fan = proj.weight.shape[1] * proj.weight.shape[2] * proj.weight.shape[3] + proj.weight.shape[0]
-            bound = math.sqrt(6.0 / fan)  # Xavier-uniform over (3 ps ps + D)
-            proj.weight.uniform_(-bound, bound)
             proj.weight.requires_grad_(False)
             if proj.bias is not None:
-                proj.bias.zero_()
                 proj.bias.requires_grad_(False)
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
