@@ -276,12 +276,22 @@ class Trainer:
 
     def _plan_schedules(self) -> None:
         o = self.cfg.optim
-        warm = warmup_steps(o, self.spe, self.total)
-        # LR as a shape in [0, 1] times the (live-changeable) peak
+        start = self._schedule_start()
+        n = self.total - start
+        warm = warmup_steps(o, self.spe, n)
+        # LR as a shape in [0, 1] times the (live-changeable) peak; 0 before the method's start
         floor = o.min_lr / self.peak_lr if self.peak_lr > 0 else 0.0
-        self.lr_shape = cosine_schedule(1.0, min(1.0, floor), self.total, warm)
-        wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
-        self.wd_sched = cosine_schedule(o.weight_decay, wd_end, self.total)
+        self.lr_shape = np.concatenate([np.zeros(start), cosine_schedule(1.0, min(1.0, floor), n, warm)])
+        self.wd_sched = self._wd_schedule(o.weight_decay)
+
+    def _schedule_start(self) -> int:
+        return min(max(0, int(self.method.schedule_start)), self.total - 1)
+
+    def _wd_schedule(self, base: float) -> np.ndarray:
+        """Weight decay per step: constant until the method's schedule start, then cosine to the end value."""
+        start = self._schedule_start()
+        end = base if self.cfg.optim.weight_decay_end is None else self.cfg.optim.weight_decay_end
+        return np.concatenate([np.full(start, base), cosine_schedule(base, end, self.total - start)])
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -322,8 +332,7 @@ class Trainer:
             if name == "lr":
                 self.peak_lr = peak_lr(self.cfg.optim, self.cfg.train.batch_size)
             elif name == "weight_decay":
-                wd_end = value if self.cfg.optim.weight_decay_end is None else self.cfg.optim.weight_decay_end
-                self.wd_sched = cosine_schedule(value, wd_end, self.total)
+                self.wd_sched = self._wd_schedule(value)
         else:
             old = self.method.set_live(name, value)
         self.live[key] = value

@@ -266,12 +266,16 @@ def test_live_mask_ratio_and_config() -> None:
 @pytest.mark.parametrize("preset", ["beit", "beit_small"])
 def test_presets_validate(preset: str) -> None:
     cfg = validate_config(load_preset(preset))
-    assert cfg.method == "beit" and cfg.params["mask_ratio"] == 0.4 and cfg.optim.optimizer == "adamw"
+    assert cfg.method == "beit" and cfg.optim.optimizer == "adamw"
     if preset == "beit":  # the paper's recipe
         assert (cfg.model.arch, cfg.model.patch_size, cfg.params["vocab_size"]) == ("vit_base", 16, 8192)
         assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.train.batch_size, cfg.train.epochs) == (
             1.5e-3, 0.05, 2048, 800)
+        assert cfg.optim.warmup_epochs == 10  # counted from the end of the tokenizer stage
+        m = create_method(cfg.model_copy(update={"model": cfg.model.model_copy(update={"arch": "vit_tiny"})}), 224)
+        assert m.num_masked() == 75  # of 196, as the official --num_mask_patches
     else:
+        assert cfg.params["mask_ratio"] == 0.4
         assert cfg.model.patch_size == 4 and cfg.params["vocab_size"] == 512
 
 
@@ -313,6 +317,10 @@ def beit_run(tmp_path_factory):
 def test_trains_through_the_trainer(beit_run) -> None:
     untrained, seen, seconds, trainer, at_switch, run_dir = beit_run
     steps = check_run(seen)
+    # the ViT's schedule starts with stage two: LR 0 during the tokenizer stage, then (no warm-up
+    # here) the cosine from the peak
+    assert all(e.lr == 0.0 for e in steps if e.step <= 20)
+    assert [e.lr for e in steps if e.step > 20][0] > 0.8e-3
     assert not [e for e in seen if isinstance(e, ev.RunWarning)]  # 20 tokenizer steps of 35: no warning
     one = [e for e in steps if e.step <= 20]
     two = [e for e in steps if e.step > 20]

@@ -27,7 +27,7 @@ a BEiT run folder or its ``checkpoints/last.pt`` (read with ``torch.load(weights
 
 Paper / official-code defaults kept here:
     masking          blockwise (Algorithm 1): blocks of >= 16 patches, aspect ratio in [0.3, 1/0.3],
-                     40 % of the patches (the official script masks 75 of 196, 38 %)
+                     40 % of the patches (the official script masks 75 of 196, 38 %: preset ``beit`` uses 0.383)
     encoder          ViT-B/16 at 224 px with a learned [MASK] embedding replacing masked patch
                      embeddings before the positions are added; LayerScale 0.1 (1e-5 for ViT-L)
     head             one linear layer from the patch representation to the vocabulary (8192)
@@ -40,11 +40,11 @@ Paper / official-code defaults kept here:
 Not kept: BEiT's relative position bias (the project's timm ViT has absolute learned
 positions) and its depth-dependent weight rescaling at initialisation.
 
-Learning-rate schedule: the run's schedule (warm-up, cosine) spans both stages, and the
-ViT starts learning at ``tokenizer_steps``, so the presets make ``optim.warmup_epochs`` end
-after the tokenizer stage plus the paper's warm-up. The tokenizer trains with the run's
-optimiser at a fixed learning rate ``tok_lr`` (no warm-up, no weight decay; a live change
-of ``optim.lr`` scales it too).
+Learning-rate schedule: the run's schedule (warm-up of ``optim.warmup_epochs``, cosine) starts
+at ``tokenizer_steps`` (``schedule_start``), when the ViT starts learning, and spans the rest
+of the run, so the ViT gets the paper's warm-up from zero. The tokenizer trains with the
+run's optimiser at a fixed learning rate ``tok_lr`` (no warm-up, no weight decay; a live
+change of ``optim.lr`` scales it too).
 
 ``embed()`` for kNN is the encoder's CLS token on the unmasked image (``embed_pool: cls``) or
 the mean of its patch tokens (``mean``; BEiT's linear probe averages patch representations).
@@ -163,6 +163,7 @@ class BEiT(Method):
         else:
             self.tokenizer = VQTokenizer(**tokenizer_config(p.model_dump(), self.patch_size))
         self.tokenizer_steps = 0 if p.tokenizer_path else p.tokenizer_steps
+        self.schedule_start = self.tokenizer_steps  # the ViT's warm-up and cosine begin with stage two
         self.register_buffer("tokenizer_ready", torch.tensor(bool(p.tokenizer_path)))  # stage two has begun
         self._frozen = False
         if p.tokenizer_path:
