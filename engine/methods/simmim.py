@@ -28,6 +28,9 @@ Paper / official-code defaults kept here:
 
 ViT encoder: LayerScale 0.1 on every block as SimMIM's ViT configs (``layer_scale``); unlike
 them, timm's learned absolute position embedding instead of a shared relative position bias.
+The official ViT-B recipe (800 epochs at 224 px) also differs from Swin's: base LR 1e-4 x
+batch / 512, drop path 0.1, and a multi-step schedule (x 0.1 at epoch 700) instead of the cosine;
+there is no ViT-B preset here (``simmim_small`` is a small-image recipe, not the paper's).
 ``embed()`` for kNN is a pooled feature of the full, unmasked image: the mean patch token for
 a ViT (no loss reaches its CLS output; SimMIM fine-tunes ViTs with mean pooling), the average
 of the last stage for Swin.
