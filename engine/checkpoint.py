@@ -8,8 +8,8 @@ failed step never leaves a half-written or corrupted last good checkpoint.
 
 from __future__ import annotations
 
-import io
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (the run has no saved step to resume from)")
     try:
-        data = path.read_bytes()
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"checkpoint {path} holds objects other than tensors and plain values, which are not loaded "
+                "(weights_only=True): it was not written by SSL Studio, or by a newer version") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (UnpicklingError); "
+                              "delete it to start over or restore a copy") from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a torn file
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({type(e).__name__}); "

@@ -6,12 +6,17 @@
       events.log           the human-readable event log (live changes, warnings, errors)
       run.json             summary for run browsers: status, method, dataset, step, best kNN
       checkpoints/last.pt  the last good checkpoint (atomic)
+      probes/              visual probe snapshots (probe-<name>-<step>.npz)
+      run.lock             while a run trains here: "pid host" of its process
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +54,16 @@ class RunDir:
     def holds_run(self) -> bool:
         return any((self.root / f).exists() for f in RUN_FILES) or self.checkpoint.exists()
 
+    @property
+    def lock(self) -> Path:
+        return self.root / "run.lock"
+
     def read_summary(self) -> dict[str, Any]:
         try:
-            return json.loads(self.summary.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            data = json.loads(self.summary.read_text())
+        except (OSError, ValueError):  # missing, unreadable, half-copied
             return {}
+        return data if isinstance(data, dict) else {}
 
     def write_summary(self, data: dict[str, Any]) -> None:
         atomic_write_text(self.summary, json.dumps(data, indent=1, default=str))
@@ -62,7 +72,68 @@ class RunDir:
         """Remove the files of a previous run (used by --overwrite); other files stay."""
         for f in RUN_FILES:
             (self.root / f).unlink(missing_ok=True)
-        shutil.rmtree(self.root / "checkpoints", ignore_errors=True)
+        self.checkpoint.unlink(missing_ok=True)
+        _remove_if_empty(self.checkpoint.parent)
+        probes = self.root / "probes"
+        if probes.is_dir():
+            for f in probes.glob("probe-*.npz"):
+                f.unlink(missing_ok=True)
+            _remove_if_empty(probes)
+
+    # -------------------------------------------------------------- the lock
+    def acquire(self) -> None:
+        """Mark the folder as trained in by this process; UserError if another live run holds it."""
+        key = str(self.root.resolve())
+        with _LOCKS_GUARD:
+            holder = self._holder()
+            if key in _HELD or (holder is not None and _alive(*holder)):
+                pid = holder[0] if holder else os.getpid()
+                raise UserError(f"run folder {self.root} is in use by a run in process {pid} (ssl-train or the "
+                                "studio); stop that run first")
+            atomic_write_text(self.lock, f"{os.getpid()} {socket.gethostname()}\n")
+            _HELD.add(key)
+
+    def release(self) -> None:
+        key = str(self.root.resolve())
+        with _LOCKS_GUARD:
+            if key in _HELD:
+                _HELD.discard(key)
+                holder = self._holder()
+                if holder is not None and holder[0] == os.getpid():
+                    self.lock.unlink(missing_ok=True)
+
+    def _holder(self) -> tuple[int, str] | None:
+        try:
+            pid, host = self.lock.read_text().split()
+            return int(pid), host
+        except (OSError, ValueError):
+            return None
+
+
+_HELD: set[str] = set()  # run folders this process trains in
+_LOCKS_GUARD = threading.Lock()
+
+
+def _alive(pid: int, host: str) -> bool:
+    """Whether the lock's process still runs (a lock from another host counts as held)."""
+    if host != socket.gethostname():
+        return True
+    if pid == os.getpid():
+        return False  # this process, but not in _HELD: left by an earlier run that died
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> RunDir:
@@ -79,8 +150,15 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> RunDi
                 f"output folder {rd.root} already holds a run; use --resume {rd.root} to continue it "
                 "or --overwrite to replace it"
             )
+        holder = rd._holder()
+        if holder is not None and _alive(*holder):
+            raise UserError(f"run folder {rd.root} is in use by a run in process {holder[0]}; stop it before "
+                            "overwriting")
         rd.clear()
-    rd.root.mkdir(parents=True, exist_ok=True)
+    try:
+        rd.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {rd.root}: {e.strerror or e}") from None
     return rd
 
 
@@ -89,5 +167,14 @@ def list_runs(parent: str | Path) -> list[RunDir]:
     p = Path(parent)
     if not p.is_dir():
         return []
-    runs = [RunDir(d) for d in p.iterdir() if d.is_dir() and (d / "config.yaml").exists()]
-    return sorted(runs, key=lambda r: r.config.stat().st_mtime, reverse=True)
+    runs = []
+    try:
+        for d in p.iterdir():
+            try:
+                if d.is_dir() and (d / "config.yaml").exists():
+                    runs.append((RunDir(d), (d / "config.yaml").stat().st_mtime))
+            except OSError:  # unreadable, or deleted while listing
+                continue
+    except OSError:
+        return []
+    return [r for r, _ in sorted(runs, key=lambda t: t[1], reverse=True)]

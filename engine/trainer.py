@@ -42,6 +42,14 @@ from .probes import save_probe
 from .rundir import RunDir, prepare_run_dir
 
 
+def _dotted(d: dict, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,6 +93,9 @@ class Trainer:
         self.best_knn: float | None = None
         self.last_knn: float | None = None
         self.status = "created"
+        self._started = False  # RunStarted emitted (a resume that fails before keeps run.json as it was)
+        self._paused_s = 0.0  # time spent paused (the time limit counts training time only)
+        self._reset_acc()
 
     # ----------------------------------------------------------- control API
     def subscribe(self, fn: Callable[[ev.Event], None]) -> Callable[[], None]:
@@ -113,18 +124,19 @@ class Trainer:
         section, name = key.split(".", 1)
         try:
             if section == "optim":
-                OptimConfig(**{**self.cfg.optim.model_dump(), name: value})
+                checked = OptimConfig(**{**self.cfg.optim.model_dump(), name: value})
             else:
                 from .methods import get_method
 
-                get_method(self.cfg.method).Params(**{**self.cfg.params, **self.live_params(), name: value})
+                checked = get_method(self.cfg.method).Params(**{**self.cfg.params, **self.live_params(), name: value})
         except ValidationError as e:
             err = e.errors()[0]
             raise ConfigError(f"invalid value for '{key}': {err['msg']} (got {value!r})") from None
-        self._changes.put((key, value))
+        self._changes.put((key, checked.model_dump(mode="json")[name]))  # plain, validated (checkpoint-safe)
 
     def live_params(self) -> dict[str, Any]:
-        return {k.split(".", 1)[1]: v for k, v in self.live.items() if k.startswith("params.")}
+        live = list(self.live.items())  # one atomic copy: the training thread may add keys meanwhile
+        return {k.split(".", 1)[1]: v for k, v in live if k.startswith("params.")}
 
     # --------------------------------------------------------------- running
     def run(self) -> ev.Finished:
@@ -134,9 +146,13 @@ class Trainer:
         try:
             self._prepare()
             self._loop(t0)
+            self._read_back()  # steps since the last read-back are checked before anything is saved
             status = "stopped" if self._stop.is_set() and self.step < self.total else "completed"
-            self._final_eval_and_save()
+            self._final_save_and_eval()
             return self._finish(status, t0)
+        except KeyboardInterrupt:
+            self._fail(f"interrupted at step {self.step}; the last checkpoint is kept", "interrupted", t0)
+            raise
         except UserError as e:
             self._fail(str(e), "input", t0)
             raise
@@ -166,10 +182,18 @@ class Trainer:
     def _finish(self, status: str, t0: float, error: str | None = None) -> ev.Finished:
         self.status = status
         fin = ev.Finished(self.step, status=status, seconds=time.time() - t0, knn_top1=self.last_knn)
-        self._write_summary(status, error)
-        self._emit(fin)
-        for close in getattr(self, "_closers", []):
-            close()
+        try:
+            if self._started or not self.resume_requested:  # a failed resume leaves run.json as it was
+                self._write_summary(status, error)
+        except OSError as e:  # the folder is gone or full: still end the stream and close the files
+            self._emit(ev.RunWarning(self.step, message=f"could not write run.json: {e}"))
+        finally:
+            self._emit(fin)
+            for close in getattr(self, "_closers", []):
+                close()
+            rd = getattr(self, "rd", None)
+            if rd is not None:
+                rd.release()
         return fin
 
     def _write_summary(self, status: str, error: str | None = None) -> None:
@@ -193,7 +217,9 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         state = None
         if self.resume_requested:
-            self.rd = prepare_run_dir(self.run_path, resume=True, overwrite=False)
+            rd = prepare_run_dir(self.run_path, resume=True, overwrite=False)
+            rd.acquire()
+            self.rd = rd
             state = load_checkpoint(self.rd.checkpoint)
             diffs = [
                 d for d in config_differences(state["config"], cfg.model_dump(mode="json"))
@@ -205,7 +231,9 @@ class Trainer:
                     + ("" if len(diffs) <= 3 else f" and {len(diffs) - 3} more")
                 )
         else:
-            self.rd = prepare_run_dir(self.run_path, resume=False, overwrite=self.overwrite)
+            rd = prepare_run_dir(self.run_path, resume=False, overwrite=self.overwrite)
+            rd.acquire()
+            self.rd = rd
         # the run folder's own listeners
         writer = ev.JsonlWriter(str(self.rd.metrics))
         log = open(self.rd.events, "a", buffering=1)
@@ -269,6 +297,7 @@ class Trainer:
             config=cfg.model_dump(mode="json"), resumed=state is not None,
             class_names=list(data.classes)[:1000],
         ))
+        self._started = True
         if state is None:
             for message in self.method.setup_warnings():
                 self._emit(ev.RunWarning(self.step, message=message))
@@ -305,10 +334,23 @@ class Trainer:
         if self.cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.best_knn = state.get("best_knn")
+        saved_cfg = state.get("config") or {}
+        now_cfg = self.cfg.model_dump(mode="json")
         for k, v in (state.get("live") or {}).items():
+            if _dotted(now_cfg, k) != _dotted(saved_cfg, k):
+                continue  # set explicitly for this resume (--set): the new value stands
             self._apply_change(k, v, emit=False)
 
     def _checkpoint(self) -> None:
+        if not self.rd.config.exists():
+            raise TrainingError(f"the run folder {self.rd.root} was removed or emptied during the run; "
+                                "nothing more is saved there")
+        params = [p for p in self.method.parameters()]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise TrainingError(
+                f"the model's weights became NaN or infinite before step {self.step} (a non-finite gradient "
+                "under a finite loss): lower optim.lr or enable gradient clipping (optim.clip_grad=3.0); "
+                "the last good checkpoint is kept")
         state = {
             "model": self.method.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -320,6 +362,7 @@ class Trainer:
             "live": dict(self.live),
             "best_knn": self.best_knn,
             "method": self.cfg.method,
+            "image_size": int(self.method.image_size),  # the crop size the model was built for
         }
         save_checkpoint(self.rd.checkpoint, state)
         self._emit(ev.CheckpointSaved(self.step, path=str(self.rd.checkpoint)))
@@ -344,9 +387,11 @@ class Trainer:
             return
         self._emit(ev.StatusChanged(self.step, status="paused"))
         self._write_summary("paused")
+        t_pause = time.time()
         while self._pause.is_set() and not self._stop.is_set():
             time.sleep(0.02)
             self._drain_changes()
+        self._paused_s += time.time() - t_pause
         self._emit(ev.StatusChanged(self.step, status="stopping" if self._stop.is_set() else "running"))
         self._write_summary("running")
 
@@ -362,11 +407,7 @@ class Trainer:
         cfg = self.cfg.train
         method, opt = self.method, self.opt
         method.train()
-        bs = cfg.batch_size
-        loss_acc = torch.zeros((), device=self.device)
-        scal_acc: dict[str, torch.Tensor] = {}
-        n_acc = 0
-        t_log = time.time()
+        self._reset_acc()
         last_probe = 0.0
         epoch_t = time.time()
         limit = cfg.time_limit_s
@@ -396,37 +437,19 @@ class Trainer:
             opt.step()
             method.after_optimizer_step(step)
             self.step = step + 1
-            loss_acc += out.loss.detach().float()
-            for k, v in out.scalars.items():
-                v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
-                scal_acc[k] = scal_acc.get(k, 0) + v
-            n_acc += 1
+            self._accumulate(out, epoch, lr, wd)
             if out.pair is not None:
                 self._last_pair = (out.pair[0].detach(), out.pair[1].detach())
 
             epoch_end = self.step % self.spe == 0
             last = self.step == self.total
-            timed_out = limit is not None and time.time() - t0 >= limit
+            timed_out = limit is not None and time.time() - t0 - self._paused_s >= limit
             eval_due = not last and self._due(cfg.eval_every, epoch_end)
             ckpt_due = not last and self._due(cfg.ckpt_every, epoch_end)
             # metrics are read back every log_every steps, and before anything is saved
             if (self.step % cfg.log_every == 0 or last or epoch_end or timed_out or eval_due or ckpt_due
                     or self._stop.is_set()):
-                loss = (loss_acc / n_acc).item()  # the one host sync every log_every steps
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {loss} near step {self.step}: lower optim.lr "
-                        f"(now {self.cfg.optim.lr}), enable gradient clipping (optim.clip_grad=3.0) "
-                        "or use fp32 (train.precision=fp32); the last good checkpoint is kept"
-                    )
-                now = time.time()
-                self._emit(ev.StepMetrics(
-                    self.step, epoch=epoch, loss=loss, lr=lr, weight_decay=wd,
-                    images_per_s=bs * n_acc / max(1e-9, now - t_log),
-                    scalars={k: (v / n_acc).item() for k, v in scal_acc.items()},
-                ))
-                loss_acc.zero_()
-                scal_acc, n_acc, t_log = {}, 0, time.time()
+                self._read_back()
             if epoch_end:
                 self._emit(ev.EpochEnd(self.step, epoch=epoch, seconds=time.time() - epoch_t))
                 epoch_t = time.time()
@@ -441,12 +464,55 @@ class Trainer:
                 self._emit(ev.RunWarning(self.step, message=f"time limit of {limit:g} s reached"))
                 self._stop.set()
 
+    # -------------------------------------------------- metrics read-back
+    def _reset_acc(self) -> None:
+        self._acc_loss: torch.Tensor | None = None  # sums on the device since the last read-back
+        self._acc_scalars: dict[str, torch.Tensor] = {}
+        self._acc_n = 0
+        self._acc_t = time.time()
+
+    def _accumulate(self, out, epoch: int, lr: float, wd: float) -> None:
+        loss = out.loss.detach().float()
+        self._acc_loss = loss if self._acc_loss is None else self._acc_loss + loss
+        for k, v in out.scalars.items():
+            v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
+            self._acc_scalars[k] = self._acc_scalars.get(k, 0) + v
+        self._acc_n += 1
+        self._acc_last = (epoch, lr, wd)
+
+    def _read_back(self) -> None:
+        """The one host sync every log_every steps (and before anything is saved): the mean loss
+        since the last read-back must be finite; emits StepMetrics."""
+        n = self._acc_n
+        if n == 0 or self._acc_loss is None:
+            return
+        loss = (self._acc_loss / n).item()
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss} near step {self.step}: lower optim.lr "
+                f"(now {self.cfg.optim.lr}), enable gradient clipping (optim.clip_grad=3.0) "
+                "or use fp32 (train.precision=fp32); the last good checkpoint is kept"
+            )
+        epoch, lr, wd = self._acc_last
+        now = time.time()
+        self._emit(ev.StepMetrics(
+            self.step, epoch=epoch, loss=loss, lr=lr, weight_decay=wd,
+            images_per_s=self.cfg.train.batch_size * n / max(1e-9, now - self._acc_t),
+            scalars={k: (v / n).item() for k, v in self._acc_scalars.items()},
+        ))
+        self._reset_acc()
+
     def _due(self, every: int, epoch_end: bool) -> bool:
         return (every > 0 and self.step % every == 0) or (every == 0 and epoch_end)
 
-    def _final_eval_and_save(self) -> None:
-        self._evaluate()
+    def _final_save_and_eval(self) -> None:
+        """Checkpoint first (an evaluation that fails, e.g. out of memory, loses nothing), then
+        evaluate; save again when the evaluation set a new best kNN (kept in the checkpoint)."""
         self._checkpoint()
+        best = self.best_knn
+        self._evaluate()
+        if self.best_knn != best:
+            self._checkpoint()
 
     @torch.no_grad()
     def _evaluate(self) -> None:

@@ -637,6 +637,8 @@ class MainWindow(QMainWindow):
                                          10000)
         except UserError as e:
             self.report_error("Export", str(e))
+        except OSError as e:
+            self.report_error("Export", f"cannot write {out}: {e.strerror or e}")
         finally:
             QApplication.restoreOverrideCursor()
 

@@ -187,3 +187,10 @@ def test_tar_of_16bit_and_palette_images(tmp_path, capsys):
     cfg = _cfg(tmp_path, **{"train.batch_size": 8, "train.steps": 2, "aug.global_crops.size": 32})
     rc, err = run_train(["--config", str(cfg), "--data", str(buf), "--out", str(tmp_path / "r")], capsys)
     assert rc == 0, err
+
+
+def test_output_folder_that_cannot_be_created(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    rc, err = run_train(["--method", "simclr", "--data", "shapes", "--steps", "1",
+                         "--out", str(tmp_path / "afile" / "run")], capsys)
+    assert_user_error(rc, err, "cannot create the run folder")

@@ -148,3 +148,130 @@ def test_schedules_warmup_then_cosine(tmp_path):
     assert peak == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[8:], lrs[9:]))
     assert lrs[-1] > 1e-5 - 1e-12
+
+
+# ------------------------------------------------- what is saved when things go wrong
+def _poison(monkeypatch, from_step: int, weights: bool = False, pause_at: int | None = None, box=None):
+    """SimCLR whose loss reads NaN from ``from_step`` (gradients stay finite unless ``weights``)."""
+    from engine.methods.simclr import SimCLR
+
+    orig = SimCLR.training_step
+
+    def poisoned(self, batch, step):
+        out = orig(self, batch, step)
+        if step >= from_step:
+            out.loss = out.loss * float("nan") if weights else out.loss + torch.tensor(float("nan"))
+        if pause_at is not None and step == pause_at:
+            box["trainer"].pause()
+        return out
+
+    monkeypatch.setattr(SimCLR, "training_step", poisoned)
+
+
+def test_stop_while_paused_checks_the_unlogged_steps_before_saving(tmp_path, monkeypatch):
+    box: dict = {}
+    _poison(monkeypatch, from_step=3, pause_at=5, box=box)
+    seen = []
+
+    def listen(e):
+        seen.append(e)
+        if isinstance(e, ev.StatusChanged) and e.status == "paused":
+            box["trainer"].stop()  # Stop pressed while paused: the loop ends between read-backs
+
+    tr = box["trainer"] = _trainer(tmp_path, listeners=(listen,),
+                                   **{"train.steps": 20, "train.log_every": 100, "train.ckpt_every": 100})
+    with pytest.raises(TrainingError, match="the loss became nan"):
+        tr.run()
+    assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()  # nothing saved from the bad steps
+    assert seen[-1].status == "failed"
+
+
+def test_non_finite_weights_under_a_finite_loss_are_never_checkpointed(tmp_path, monkeypatch):
+    seen = []
+
+    def listen(e):
+        seen.append(e)
+        if isinstance(e, ev.CheckpointSaved) and e.step == 4:
+            with torch.no_grad():  # as a non-finite gradient would leave them
+                next(tr.method.backbone.parameters()).fill_(float("nan"))
+            tr.stop()
+
+    tr = _trainer(tmp_path, listeners=(listen,), **{"train.steps": 20, "train.ckpt_every": 4,
+                                                     "train.log_every": 100})
+    with pytest.raises(TrainingError, match="weights became NaN"):
+        tr.run()
+    ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_failed_resume_leaves_the_run_summary_alone(tmp_path):
+    import json
+
+    _trainer(tmp_path, **{"train.steps": 3}).run()
+    before = json.loads((tmp_path / "r" / "run.json").read_text())
+    cfg = validate_config(with_(_tiny(), **{"train.steps": 6, "params.proj_out": 64}))
+    with pytest.raises(Exception, match="cannot resume"):
+        Trainer(cfg, tmp_path / "r", resume=True).run()
+    after = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert after["status"] == "completed" and after["step"] == 3 and after["best_knn_top1"] == before["best_knn_top1"]
+
+
+def test_checkpoint_names_the_image_size_and_files_get_normal_permissions(tmp_path):
+    import os
+
+    _trainer(tmp_path, **{"train.steps": 2}).run()
+    ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert ck["image_size"] == 32  # export / eval rebuild the model without guessing from the data
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.yaml", "run.json", "checkpoints/last.pt"):
+        assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_an_explicit_set_on_resume_wins_over_the_checkpoints_live_value(tmp_path):
+    tr = _trainer(tmp_path, **{"train.steps": 4})
+    tr.subscribe(lambda e: tr.set_param("params.temperature", 0.3) if isinstance(e, ev.StepMetrics)
+                 and e.step == 1 else None)
+    tr.subscribe(lambda e: tr.stop() if isinstance(e, ev.StepMetrics) and e.step == 2 else None)
+    tr.run()
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["live"] == {"params.temperature": 0.3}
+    same = Trainer(validate_config(with_(_tiny(), **{"train.steps": 4})), tmp_path / "r", resume=True)
+    same.run()
+    assert same.method.p.temperature == 0.3  # the live change carries over
+    again = Trainer(validate_config(with_(_tiny(), **{"train.steps": 6, "params.temperature": 0.7})),
+                    tmp_path / "r", resume=True)
+    again.run()
+    assert again.method.p.temperature == 0.7  # but not over a value given for this resume
+
+
+def test_a_run_folder_in_use_is_refused_and_overwrite_keeps_other_files(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from engine.errors import UserError
+
+    _trainer(tmp_path, **{"train.steps": 2}).run()
+    root = tmp_path / "r"
+    assert not (root / "run.lock").exists()  # released at the end
+    (root / "probes").mkdir(exist_ok=True)
+    (root / "probes" / "probe-attention-2.npz").write_bytes(b"x")
+    (root / "checkpoints" / "notes.txt").write_text("mine")
+    (root / "README").write_text("mine too")
+    # a live process holds the folder: neither overwrite nor resume touches it
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (root / "run.lock").write_text(f"{sleeper.pid} {socket.gethostname()}\n")
+        for kw in ({"overwrite": True}, {"resume": True}):
+            with pytest.raises(UserError, match="in use"):
+                Trainer(validate_config(with_(_tiny(), **{"train.steps": 4})), root, **kw).run()
+        assert (root / "checkpoints" / "last.pt").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the holder is gone: a stale lock does not block; overwrite replaces only the run's own files
+    Trainer(validate_config(with_(_tiny(), **{"train.steps": 2})), root, overwrite=True).run()
+    assert not (root / "probes" / "probe-attention-2.npz").exists()
+    assert (root / "checkpoints" / "notes.txt").read_text() == "mine" and (root / "README").exists()
+    assert not (root / "run.lock").exists() and os.path.exists(root / "checkpoints" / "last.pt")
