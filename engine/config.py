@@ -149,6 +149,20 @@ class AugConfig(Strict):
     mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="Normalisation mean.")
     std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="Normalisation std.")
 
+    @field_validator("ratio", "blur_sigma")
+    @classmethod
+    def _positive_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"needs 0 < low <= high, got ({v[0]}, {v[1]})")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(x <= 0 for x in v):
+            raise ValueError(f"every std must be positive, got {v}")
+        return v
+
     @field_validator("blur_p", "solarize_p")
     @classmethod
     def _prob(cls, v: PerView) -> PerView:

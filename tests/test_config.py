@@ -92,3 +92,14 @@ def test_applies_when_hints_are_in_the_schema_and_match_values() -> None:
     assert condition_holds("LARS", ["sgd", "lars"]) and not condition_holds("adamw", ["sgd", "lars"])
     assert condition_holds("/data/x.tar.gz", ["!shapes"]) and not condition_holds("shapes", ["!shapes"])
     assert not condition_holds(None, ["vit*"])
+
+
+@pytest.mark.parametrize("key, value", [("aug.blur_sigma", [0, 0]), ("aug.ratio", [2.0, 1.0]),
+                                        ("aug.ratio", [0, 1]), ("aug.std", [0.2, 0.0, 0.2])])
+def test_augmentation_ranges_are_validated(key, value) -> None:
+    from engine.config import validate_config
+    from engine.errors import ConfigError
+
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=name):
+        validate_config({"method": "simclr", section: {name: value}})

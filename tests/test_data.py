@@ -194,6 +194,15 @@ def test_folder_with_split_and_no_test_split(tmp_path: Path) -> None:
     assert (len(d2.train), len(d2.test)) == (8, 2) and "held out" in d2.info["split"]
 
 
+def test_test_split_without_any_training_class_falls_back_to_a_hold_out(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    _class_folder(root / "train", ("cat", "dog"), per_class=5)
+    _class_folder(root / "test", ("Cat", "Dog"), per_class=2)  # names that match no training class
+    d = load_dataset(_cfg(root, test_fraction=0.2))
+    assert (len(d.train), len(d.test)) == (8, 2)  # evaluation stays on, from train
+    assert "no test image is in a train class" in d.info["split"] and "held out 2" in d.info["split"]
+
+
 def test_corrupt_images_are_skipped(tmp_path: Path) -> None:
     root = _class_folder(tmp_path / "c", per_class=3)
     (root / "cat" / "broken.jpg").write_bytes(b"definitely not a jpeg")

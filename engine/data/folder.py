@@ -316,8 +316,13 @@ def _layout(entries: list[_Entry]) -> _Layout:
             files.append(e), split.append(1), cls_of.append(c if labelled else None)
         orig_train = train[0].parts[depth] if train else train_key
         orig_test = test[0].parts[depth] if test else None
-        desc = f"detected {orig_train}/{orig_test}" if test else f"detected {orig_train} only"
-        return _Layout(files, np.asarray(split, np.int8), cls_of, classes, desc, bool(test), ignored)
+        kept_test = sum(split)
+        if test and not kept_test:  # e.g. test/A beside train/a: evaluate on a held-out part of train
+            desc = (f"detected {orig_train}/{orig_test}, but no {orig_test} image is in a {orig_train} class: "
+                    "a seeded part of train is held out instead")
+        else:
+            desc = f"detected {orig_train}/{orig_test}" if test else f"detected {orig_train} only"
+        return _Layout(files, np.asarray(split, np.int8), cls_of, classes, desc, bool(kept_test), ignored)
 
     cls_of, ignored = _classes_of(entries, depth)
     keep = [i for i, c in enumerate(cls_of) if c != ""]

@@ -114,11 +114,17 @@ class BatchStream:
         """(images uint8 [B, 3, H, W] on the device, their dataset indices int64 [B] on the device)."""
         idx = self.indices(epoch, index)
         images = self._gather(self.images, idx)
-        return images, idx.to(self.device, non_blocking=True)
+        on_device = idx.to(self.device, non_blocking=True)
+        self._last = (on_device, idx)  # extras() of this batch reuse the storage-side indices
+        return images, on_device
 
     def extras(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """The extras (e.g. 'depth' [B, 1, H, W], 'seg' [B, H, W]) of dataset indices ``idx``."""
-        idx = idx.to(self.store_device)
+        if not self._extras:
+            return {}
+        last = getattr(self, "_last", None)
+        # the indices batch() returned: no copy back from the GPU (a host sync every step)
+        idx = last[1] if last is not None and idx is last[0] else idx.to(self.store_device)
         return {k: self._gather(v, idx) for k, v in self._extras.items()}
 
     def labels_of(self, idx: torch.Tensor) -> torch.Tensor | None:
