@@ -39,7 +39,7 @@ from .evaluation import knn_evaluate, standardize_features
 from .monitors import collapse_indicators
 from .optim import build_optimizer, cosine_schedule, peak_lr, set_lr_wd, warmup_steps
 from .probes import save_probe
-from .rundir import RunDir, prepare_run_dir
+from .rundir import prepare_run_dir
 
 
 def _dotted(d: dict, key: str) -> Any:

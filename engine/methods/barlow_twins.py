@@ -21,13 +21,11 @@ Paper defaults kept here:
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
 from ..components import MLPHead, build_backbone
 from ..errors import ConfigError
 from ..losses.barlow import BarlowTwinsLoss
-from ..probes import attention_probe
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
 
 
@@ -88,11 +86,6 @@ class BarlowTwins(Method):
             groups.append({"params": biases, "lr_scale": self.p.bias_lr_scale})
         return groups
 
-    def probes(self, images: torch.Tensor) -> dict:
-        if not hasattr(self.backbone, "last_attention"):  # ViT only
-            return {}
-        a = self.cfg.aug
-        return {"attention": attention_probe(self.backbone, images, self.image_size, a.mean, a.std)}
 
     @classmethod
     def diagram(cls) -> Diagram:

@@ -142,8 +142,16 @@ class Method(nn.Module):
         return []
 
     def probes(self, images: torch.Tensor) -> dict[str, dict[str, Any]]:
-        """Visual probes on fixed uint8 images [N, 3, H, W]: name -> {'images': {...}, 'meta': {...}}."""
-        return {}
+        """Visual probes on fixed uint8 images [N, 3, H, W]: name -> {'images': {...}, 'meta': {...}}.
+
+        The default: the last block's CLS-to-patch attention when the backbone is a ViT
+        (nothing for a ResNet); masked-image methods add their reconstructions."""
+        if not hasattr(getattr(self, "backbone", None), "last_attention"):
+            return {}
+        from ..probes import attention_probe
+
+        a = self.cfg.aug
+        return {"attention": attention_probe(self.backbone, images, self.image_size, a.mean, a.std)}
 
     def set_live(self, key: str, value: Any) -> Any:
         """Change one of ``live_params`` (validated); returns the old value."""

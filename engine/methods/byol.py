@@ -33,7 +33,6 @@ from ..components import MLPHead, build_backbone
 from ..components.momentum import ema_update, make_teacher, momentum_at
 from ..errors import ConfigError
 from ..losses.byol import normalized_mse
-from ..probes import attention_probe
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
 
 
@@ -97,12 +96,6 @@ class BYOL(Method):
         ema_update(self.target_backbone, self.backbone, tau)
         ema_update(self.target_projector, self.projector, tau)
         self.tau.fill_(tau)
-
-    def probes(self, images: torch.Tensor) -> dict:
-        if not hasattr(self.backbone, "last_attention"):  # ViT only
-            return {}
-        a = self.cfg.aug
-        return {"attention": attention_probe(self.backbone, images, self.image_size, a.mean, a.std)}
 
     @classmethod
     def diagram(cls) -> Diagram:

@@ -37,18 +37,17 @@ shows the last block's CLS attention per head (figs. 1 and 3).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 
-from ..components import ViTBackboneMixin, build_backbone
+from ..components import build_backbone
 from ..components.centering import Centering, teacher_temp_at
 from ..components.dino_head import DINOHead
 from ..components.momentum import ema_update, make_teacher, momentum_at
 from ..errors import ConfigError
 from ..losses.dino import dino_loss, entropy
-from ..probes import attention_probe
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
 
 
@@ -155,11 +154,6 @@ class DINO(Method):
         ema_update(self.teacher_backbone, self.backbone, m)
         ema_update(self.teacher_head, self.head, m)
 
-    def probes(self, images: torch.Tensor) -> dict[str, dict[str, Any]]:
-        if not isinstance(self.backbone, ViTBackboneMixin):
-            return {}  # ResNet: no attention to show
-        return {"attention": attention_probe(self.backbone, images, self.image_size,
-                                             self.cfg.aug.mean, self.cfg.aug.std)}
 
     @classmethod
     def diagram(cls) -> Diagram:

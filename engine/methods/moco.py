@@ -49,7 +49,6 @@ from ..components import MLPHead, build_backbone
 from ..components.momentum import ema_update, make_teacher
 from ..components.queue import FeatureQueue
 from ..losses import info_nce
-from ..probes import attention_probe
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
 
 
@@ -221,11 +220,6 @@ class MoCoV1(Method):
             self._randomise_unfilled_rows()
         return old
 
-    def probes(self, images: torch.Tensor) -> dict:
-        if not hasattr(self.backbone, "last_attention"):  # ViT only
-            return {}
-        a = self.cfg.aug
-        return {"attention": attention_probe(self.backbone, images, self.image_size, a.mean, a.std)}
 
     _projector_label = "fc (128-d)"
 

@@ -37,7 +37,6 @@ from pydantic import Field
 from ..components import MLPHead, ViTBackboneMixin, build_backbone
 from ..components.momentum import ema_update, make_teacher, momentum_at
 from ..losses import info_nce
-from ..probes import attention_probe
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
 
 
@@ -166,11 +165,6 @@ class MoCoV3(Method):
         ema_update(self.momentum_projector, self.projector, m)
         self.m.fill_(m)
 
-    def probes(self, images: torch.Tensor) -> dict:
-        if not self.is_vit:
-            return {}
-        a = self.cfg.aug
-        return {"attention": attention_probe(self.backbone, images, self.image_size, a.mean, a.std)}
 
     @classmethod
     def diagram(cls) -> Diagram:

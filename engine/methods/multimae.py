@@ -320,7 +320,7 @@ class MultiMAE(Method):
                               f"'{cfg.model.arch}' has none")
         self.patch_size = ps = vit.patch_size
         self.grid = vit.grid(image_size, image_size)
-        self.num_patches = L = self.grid[0] * self.grid[1]
+        self.num_patches = self.grid[0] * self.grid[1]
         pos = sincos_2d(*self.grid, D)  # [L, D], shared by all modalities, not learnt
         self.register_buffer("pos_embed", pos, persistent=False)
         self._use_sincos_in_backbone(pos)

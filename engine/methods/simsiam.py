@@ -30,14 +30,12 @@ std of the normalised outputs drops to ~0 within a few dozen steps.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from ..components import MLPHead, build_backbone
 from ..errors import ConfigError
 from ..losses.byol import negative_cosine
-from ..probes import attention_probe
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
 
 
@@ -101,11 +99,6 @@ class SimSiam(Method):
         rest = [q for q in self.parameters() if q.requires_grad and id(q) not in pred]
         return [{"params": rest}, {"params": list(self.predictor.parameters()), "fixed_lr": True}]
 
-    def probes(self, images: torch.Tensor) -> dict:
-        if not hasattr(self.backbone, "last_attention"):  # ViT only
-            return {}
-        a = self.cfg.aug
-        return {"attention": attention_probe(self.backbone, images, self.image_size, a.mean, a.std)}
 
     @classmethod
     def diagram(cls) -> Diagram:
