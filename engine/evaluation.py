@@ -135,3 +135,32 @@ def linear_probe_evaluate(
                                test.labels[q_idx].to(device), len(data.train.classes), epochs=epochs, lr=lr,
                                seed=cfg.train.seed)
     return {**res, "n_train": int(len(bank_idx)), "n_test": int(len(q_idx)), "epochs": int(epochs)}
+
+
+def linear_probe_run(run_dir, device: torch.device | str = "cpu", epochs: int = 100, lr: float = 1e-2,
+                     data_source: str | None = None, save: bool = True) -> dict:
+    """Linear probe of a run folder's last checkpoint (``ssl-eval linear``, the studio's runs
+    panel). With ``save`` (and the run's own data) the result is written to the run folder's
+    ``linear_probe.json`` (atomic). Raises UserError without labels or a test split."""
+    import time
+    from pathlib import Path
+
+    from .data import load_dataset
+    from .errors import UserError
+    from .export import load_run_method
+    from .rundir import RunDir
+
+    device = torch.device(device)
+    cfg, method, state = load_run_method(run_dir, device)
+    if data_source:
+        cfg.data.source = data_source
+    data = load_dataset(cfg.data)
+    res = linear_probe_evaluate(method, data, cfg, device, epochs=epochs, lr=lr)
+    if res is None:
+        raise UserError("the data has no labels (or no test split): a linear probe needs both")
+    out = {"linear_top1": res["linear_top1"], "train_top1": res["train_top1"], "step": int(state["step"]),
+           "n_train": res["n_train"], "n_test": res["n_test"], "epochs": res["epochs"], "lr": lr,
+           "data": cfg.data.source, "time": time.time()}
+    if save and not data_source:
+        RunDir(Path(run_dir)).write_linear_probe(out)
+    return out

@@ -7,6 +7,7 @@
       run.json             summary for run browsers: status, method, dataset, step, best kNN
       checkpoints/last.pt  the last good checkpoint (atomic)
       probes/              visual probe snapshots (probe-<name>-<step>.npz)
+      linear_probe.json    the last linear probe (ssl-eval linear, the studio's runs panel)
       run.lock             while a run trains here: "pid host" of its process
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 from .fileio import atomic_write_text
 from .errors import UserError
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "events.log", "run.json")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "events.log", "run.json", "linear_probe.json")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,20 @@ class RunDir:
 
     def holds_run(self) -> bool:
         return any((self.root / f).exists() for f in RUN_FILES) or self.checkpoint.exists()
+
+    @property
+    def linear_probe(self) -> Path:
+        return self.root / "linear_probe.json"
+
+    def read_linear_probe(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.linear_probe.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_linear_probe(self, data: dict[str, Any]) -> None:
+        atomic_write_text(self.linear_probe, json.dumps(data, indent=1, default=str))
 
     @property
     def lock(self) -> Path:

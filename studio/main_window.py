@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QSettings, Qt, QThread, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -139,10 +139,34 @@ class DevicePicker(QComboBox):
         super().showPopup()
 
 
+class LinearProbeJob(QThread):
+    """A run folder's linear probe off the GUI thread: ``done(run_dir, result dict or None, error)``."""
+
+    done = Signal(str, object, str)
+
+    def __init__(self, run_dir: str, device: str, epochs: int = 100, parent=None) -> None:
+        super().__init__(parent)
+        self.run_dir, self.device, self.epochs = run_dir, device, epochs
+
+    def run(self) -> None:
+        from engine.evaluation import linear_probe_run
+        from engine.trainer import resolve_device
+
+        try:
+            res = linear_probe_run(self.run_dir, resolve_device(self.device), epochs=self.epochs)
+        except UserError as e:
+            self.done.emit(self.run_dir, None, str(e))
+        except Exception as e:  # noqa: BLE001 - shown to the user, never a crash
+            self.done.emit(self.run_dir, None, f"{type(e).__name__}: {e}")
+        else:
+            self.done.emit(self.run_dir, res, "")
+
+
 class MainWindow(QMainWindow):
     """SSL Studio's main window. ``run_finished(status, message)`` after every run."""
 
     run_finished = Signal(str, str)
+    probe_finished = Signal(str, object)  # run folder, linear probe result
     run_started = Signal(str)
 
     def __init__(self, settings: QSettings | None = None, runs_dir: str | None = None) -> None:
@@ -157,6 +181,7 @@ class MainWindow(QMainWindow):
         self.choose_directory: Callable[[str, str], str] = self._choose_directory
         self.choose_save_path: Callable[[str, str, str], str] = self._choose_save_path
         self.errors: list[str] = []         # every error shown (newest last)
+        self.probe_job: LinearProbeJob | None = None
         self.last_run_dir: str | None = None
         self.opened_run: str | None = None
         self._close_after_run = False
@@ -310,6 +335,8 @@ class MainWindow(QMainWindow):
             self.runs_panel.compare_requested.connect(self.compare_runs)
         if hasattr(self.runs_panel, "export_requested"):
             self.runs_panel.export_requested.connect(self.export_run)
+        if hasattr(self.runs_panel, "probe_requested"):
+            self.runs_panel.probe_requested.connect(self.linear_probe_run)
         if hasattr(self.dashboard, "collapse_warning"):
             self.dashboard.collapse_warning.connect(self._on_collapse_warning)
         self.data_page.set_config(self.inspector.config())
@@ -485,6 +512,8 @@ class MainWindow(QMainWindow):
         """Stop a run cleanly, wait for every thread (run, data loader, preview), save settings."""
         self.controller.shutdown(timeout_s)
         self.data_page.shutdown()
+        if self.probe_job is not None:
+            self.probe_job.wait()
         self.save_settings()
 
     def _on_live_edit(self, key: str, value: Any) -> None:
@@ -608,6 +637,33 @@ class MainWindow(QMainWindow):
         cfg = self.inspector.config()
         if self.opened_run and cfg is not None and not self.controller.is_running():
             self._start(cfg.model_copy(deep=True), self.opened_run, resume=True)
+
+    def linear_probe_run(self, run_dir: str) -> bool:
+        """Start a linear probe of a past run in the background (one at a time)."""
+        if self.probe_job is not None and self.probe_job.isRunning():
+            return False
+        self.probe_job = LinearProbeJob(run_dir, self.device_picker.device())
+        self.probe_job.done.connect(self._probe_done)
+        self.runs_panel.set_probing(True)
+        self._log(f"linear probe of {run_dir} …")
+        self.statusBar().showMessage(f"linear probe of {Path(run_dir).name} …")
+        self.probe_job.start()
+        return True
+
+    def _probe_done(self, run_dir: str, res: dict | None, error: str) -> None:
+        if self.probe_job is not None:
+            self.probe_job.wait()
+        self.runs_panel.set_probing(False)
+        if res is None:
+            self.report_error("Linear probe", error)
+            return
+        text = (f"linear probe of {Path(run_dir).name} (step {res['step']}): top-1 {res['linear_top1']:.1%} "
+                f"(train {res['train_top1']:.1%}; {res['n_train']} training / {res['n_test']} test images, "
+                f"{res['epochs']} epochs)")
+        self._log(text)
+        self.statusBar().showMessage(text, 15000)
+        self.runs_panel.refresh()
+        self.probe_finished.emit(run_dir, res)
 
     def compare_runs(self, run_dirs: list[str]) -> None:
         self.dashboard.set_overlay_runs(list(run_dirs))

@@ -1,4 +1,5 @@
-"""The runs panel: the run folders under a parent folder, with open / resume / compare / export.
+"""The runs panel: the run folders under a parent folder, with open / resume / compare / export
+and a linear probe (run in a background thread, kept in the run's ``linear_probe.json``).
 
 Cheap by design: a refresh lists the folders (``engine.rundir.list_runs``) and reads each
 ``run.json`` summary (config.yaml only for a run that has no summary yet, cached by mtime);
@@ -17,7 +18,7 @@ from PySide6.QtCore import Qt, Signal
 
 from engine.rundir import RunDir, list_runs
 
-COLUMNS = ("Run", "Method", "Dataset", "Steps", "Best kNN", "Status", "Date")
+COLUMNS = ("Run", "Method", "Dataset", "Steps", "Best kNN", "Linear", "Status", "Date")
 EXPORT_FORMATS = (
     ("torchvision", "torchvision backbone (.pth)…"),
     ("timm", "timm backbone…"),
@@ -70,6 +71,7 @@ def run_row(rd: RunDir) -> dict[str, Any]:
         except OSError:
             t = None
     has_ckpt = rd.checkpoint.exists()
+    lin = rd.read_linear_probe().get("linear_top1") if rd.linear_probe.exists() else None
     return {
         "run_dir": str(rd.root),
         "name": rd.root.name,
@@ -78,6 +80,7 @@ def run_row(rd: RunDir) -> dict[str, Any]:
         "step": step if isinstance(step, int) else None,
         "total_steps": total if isinstance(total, int) else None,
         "best_knn": float(best) if isinstance(best, (int, float)) and math.isfinite(best) else None,
+        "linear": float(lin) if isinstance(lin, (int, float)) and math.isfinite(lin) else None,
         "status": str(s.get("status") or "unknown"),
         "time": float(t) if t is not None else None,
         "error": s.get("error"),
@@ -89,10 +92,11 @@ def format_row(r: dict[str, Any]) -> list[str]:
     steps = "" if r["step"] is None else str(r["step"])
     if r["total_steps"]:
         steps = f"{steps or 0} / {r['total_steps']}"
-    b = r["best_knn"]
+    b, lin = r["best_knn"], r.get("linear")
     best = "" if b is None else (f"{b:.1%}" if b <= 1.0 else f"{b:.1f}%")
+    linear = "" if lin is None else f"{lin:.1%}"
     date = "" if r["time"] is None else _dt.datetime.fromtimestamp(r["time"]).strftime("%Y-%m-%d %H:%M")
-    return [r["name"], r["method"], r["dataset"], steps, best, r["status"], date]
+    return [r["name"], r["method"], r["dataset"], steps, best, linear, r["status"], date]
 
 
 def can_resume(r: dict[str, Any]) -> bool:
@@ -120,11 +124,13 @@ class RunsPanel(QtWidgets.QWidget):
     resume_requested = Signal(str)
     compare_requested = Signal(list)
     export_requested = Signal(str, str)
+    probe_requested = Signal(str)
 
     def __init__(self, runs_dir: str, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.runs_dir = str(runs_dir)
         self._rows: list[dict[str, Any]] = []
+        self._probing = False
 
         self.title = QtWidgets.QLabel()
         self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
@@ -157,6 +163,10 @@ class RunsPanel(QtWidgets.QWidget):
             act.triggered.connect(lambda _checked=False, f=fmt: self._export(f))
             self.export_actions[fmt] = act
         self.export_btn.setMenu(self.export_menu)
+        self.probe_btn = QtWidgets.QPushButton("Linear probe")
+        self.probe_btn.setToolTip("train a linear classifier on the frozen backbone's features of the run's data "
+                                  "(labels needed); the result fills the Linear column")
+        self.probe_btn.clicked.connect(self._probe)
         self.refresh_btn = QtWidgets.QPushButton("Refresh")
         self.open_btn.setToolTip("show the run in the dashboard (double-click a row does the same)")
         self.resume_btn.setToolTip("continue an unfinished run from its last checkpoint")
@@ -167,7 +177,7 @@ class RunsPanel(QtWidgets.QWidget):
         self.refresh_btn.clicked.connect(self.refresh)
 
         buttons = QtWidgets.QHBoxLayout()
-        for b in (self.open_btn, self.resume_btn, self.compare_btn, self.export_btn):
+        for b in (self.open_btn, self.resume_btn, self.compare_btn, self.export_btn, self.probe_btn):
             buttons.addWidget(b)
         buttons.addStretch(1)
         buttons.addWidget(self.refresh_btn)
@@ -208,13 +218,13 @@ class RunsPanel(QtWidgets.QWidget):
         t.setRowCount(len(rows))
         for i, r in enumerate(rows):
             texts = format_row(r)
-            keys = [None, None, None, r["step"], r["best_knn"], None, r["time"]]
+            keys = [None, None, None, r["step"], r["best_knn"], r.get("linear"), None, r["time"]]
             for j, (text, key) in enumerate(zip(texts, keys)):
                 item = _Item(text, key)
                 item.setData(Qt.ItemDataRole.UserRole, r["run_dir"])
-                if j in (3, 4):
+                if j in (3, 4, 5):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                if j == 5:
+                if j == COLUMNS.index("Status"):
                     item.setForeground(_status_colour(r["status"]))
                     if r.get("error"):
                         item.setToolTip(str(r["error"]))
@@ -279,6 +289,7 @@ class RunsPanel(QtWidgets.QWidget):
         self.resume_btn.setEnabled(bool(r and can_resume(r)))
         self.compare_btn.setEnabled(len(dirs) >= 2)
         self.export_btn.setEnabled(one)
+        self.probe_btn.setEnabled(bool(r and r["checkpoint"]) and not self._probing)
         if r is not None:
             for fmt, act in self.export_actions.items():
                 act.setEnabled(fmt == "config" or r["checkpoint"])
@@ -300,6 +311,18 @@ class RunsPanel(QtWidgets.QWidget):
         if len(dirs) >= 2:
             self.compare_requested.emit(dirs)
 
+    def _probe(self) -> None:
+        dirs = self.selected_run_dirs()
+        r = self._row(dirs[0]) if len(dirs) == 1 else None
+        if r is not None and r["checkpoint"] and not self._probing:
+            self.probe_requested.emit(r["run_dir"])
+
+    def set_probing(self, on: bool) -> None:
+        """A linear probe runs (one at a time): the button waits for it."""
+        self._probing = on
+        self.probe_btn.setText("Linear probe…" if on else "Linear probe")
+        self._update_buttons()
+
     def _export(self, fmt: str) -> None:
         dirs = self.selected_run_dirs()
         if len(dirs) == 1:
@@ -309,7 +332,8 @@ class RunsPanel(QtWidgets.QWidget):
         if not self.selected_run_dirs():
             return
         menu = QtWidgets.QMenu(self)
-        for label, btn in (("Open", self.open_btn), ("Resume", self.resume_btn), ("Compare", self.compare_btn)):
+        for label, btn in (("Open", self.open_btn), ("Resume", self.resume_btn), ("Compare", self.compare_btn),
+                           ("Linear probe", self.probe_btn)):
             a = menu.addAction(label)
             a.setEnabled(btn.isEnabled())
             a.triggered.connect(btn.click)

@@ -77,6 +77,8 @@ def test_eval_linear_prints_one_json_line(trained_run, capsys):
     row = json.loads(out[0])
     assert 0.0 <= row["linear_top1"] <= 1.0 and 0.0 <= row["train_top1"] <= 1.0
     assert row["step"] == 8 and row["n_train"] == 256 and row["n_test"] == 128 and row["epochs"] == 5
+    kept = json.loads((trained_run / "linear_probe.json").read_text())  # for the runs panel's Linear column
+    assert kept["linear_top1"] == row["linear_top1"] and kept["step"] == 8
     with pytest.raises(SystemExit) as e:  # argparse: exit 2
         evaluate.main(["linear", "--run", str(trained_run), "--epochs", "0"])
     assert e.value.code == 2

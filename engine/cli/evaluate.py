@@ -4,7 +4,8 @@
     ssl-eval linear --run RUNDIR [--data PATH] [--device auto|cpu|cuda] [--epochs E] [--lr LR]
 
 each prints one JSON line: {"knn_top1": ..., "step": ..., "n_bank": ..., "n_queries": ...} or
-{"linear_top1": ..., "train_top1": ..., "step": ..., "n_train": ..., "n_test": ..., "epochs": ...}
+{"linear_top1": ..., "train_top1": ..., "step": ..., "n_train": ..., "n_test": ..., "epochs": ...};
+the linear probe of the run's own data is also kept in RUNDIR/linear_probe.json
 """
 
 from __future__ import annotations
@@ -52,27 +53,24 @@ def _main(argv):
     args = parser().parse_args(argv)
     from ..data import load_dataset
     from ..errors import UserError
-    from ..evaluation import knn_evaluate, linear_probe_evaluate
+    from ..evaluation import knn_evaluate, linear_probe_run
     from ..export import load_run_method
     from ..trainer import resolve_device
 
     device = resolve_device(args.device)
+    if args.cmd == "linear":
+        if not args.lr > 0:
+            raise UserError(f"--lr must be positive, got {args.lr}")
+        res = linear_probe_run(args.run, device, epochs=args.epochs, lr=args.lr, data_source=args.data)
+        print(json.dumps({k: res[k] for k in ("linear_top1", "train_top1", "step", "n_train", "n_test",
+                                              "epochs", "data")}))
+        return 0
     cfg, method, state = load_run_method(args.run, device)
     if args.data:
         cfg.data.source = args.data
     if args.cmd == "knn" and args.k:
         cfg.eval.knn_k = args.k
     data = load_dataset(cfg.data)
-    if args.cmd == "linear":
-        if not args.lr > 0:
-            raise UserError(f"--lr must be positive, got {args.lr}")
-        res = linear_probe_evaluate(method, data, cfg, device, epochs=args.epochs, lr=args.lr)
-        if res is None:
-            raise UserError("the data has no labels (or no test split): a linear probe needs both")
-        print(json.dumps({"linear_top1": res["linear_top1"], "train_top1": res["train_top1"],
-                          "step": int(state["step"]), "n_train": res["n_train"], "n_test": res["n_test"],
-                          "epochs": res["epochs"], "data": cfg.data.source}))
-        return 0
     knn, _, _ = knn_evaluate(method, data, cfg, device)
     if knn is None:
         raise UserError("the data has no labels (or no test split): kNN accuracy needs both")

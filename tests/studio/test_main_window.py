@@ -8,6 +8,7 @@ preview thread alive. Screenshots of the panels go to ``tmp_path``.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import threading
 import time
@@ -22,6 +23,7 @@ from PySide6.QtCore import QPoint, QSettings  # noqa: E402
 from engine import events as ev  # noqa: E402
 from engine.config import RunConfig, load_yaml, validate_config  # noqa: E402
 from engine.methods import get_method, list_methods  # noqa: E402
+from studio.runs_panel import COLUMNS  # noqa: E402
 from studio.main_window import MainWindow  # noqa: E402
 
 RUN_TIMEOUT_MS = 90_000
@@ -313,6 +315,26 @@ def test_short_run_emits_curves_then_reopens_and_resumes(make_window, qtbot, tmp
     starts = [r for r in rows if r["event"] == "run_started"]
     assert len(starts) == 2 and starts[1]["resumed"] is True and starts[1]["step"] == 4
     assert [r for r in rows if r["event"] == "finished"][-1]["step"] == 6
+
+    # a linear probe of the run, in the background; the result fills the panel's Linear column
+    win.runs_panel.refresh()
+    win.runs_panel.select_run_dirs([run_dir])
+    assert win.runs_panel.probe_btn.isEnabled()
+    with qtbot.waitSignal(win.probe_finished, timeout=RUN_TIMEOUT_MS) as sig:
+        win.runs_panel.probe_btn.click()
+        assert not win.runs_panel.probe_btn.isEnabled()  # one probe at a time
+    res = sig.args[1]
+    assert 0.0 <= res["linear_top1"] <= 1.0 and res["step"] == 6
+    assert json.loads((Path(run_dir) / "linear_probe.json").read_text())["linear_top1"] == res["linear_top1"]
+    row = next(r for r in win.runs_panel.row_texts() if r[0] == Path(run_dir).name)
+    assert row[COLUMNS.index("Linear")] == f"{res['linear_top1']:.1%}"
+    assert win.runs_panel.probe_btn.isEnabled() and not win.dialogs.errors
+    # a run whose data is gone: the engine's message in a dialog, the window stays usable
+    cfg["data"]["source"] = str(tmp_path / "gone")
+    (Path(run_dir) / "config.yaml").write_text(RunConfig(**cfg).to_yaml())
+    assert win.linear_probe_run(run_dir)
+    qtbot.waitUntil(lambda: bool(win.dialogs.errors), timeout=RUN_TIMEOUT_MS)
+    assert "gone" in win.dialogs.errors[-1][1] and win.runs_panel.probe_btn.isEnabled()
 
 
 def test_pause_resume_live_change_and_close_during_a_run(make_window, qtbot, tiny_cfg_dict, tmp_path):

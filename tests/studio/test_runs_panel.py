@@ -51,9 +51,13 @@ def test_lists_runs_with_columns(qtbot, runs):
     assert [p.table.horizontalHeaderItem(j).text() for j in range(p.table.columnCount())] == list(COLUMNS)
     texts = p.row_texts()
     assert len(texts) == 2
-    assert texts[0][:6] == ["dino-stopped", "dino", "cifar10", "120 / 1000", "", "stopped"]
-    assert texts[1][:6] == ["simclr-done", "simclr", "shapes", "500 / 500", "73.4%", "completed"]
-    assert texts[1][6].count(":") == 1 and texts[1][6][:2] == "20"  # date YYYY-MM-DD HH:MM
+    assert texts[0][:7] == ["dino-stopped", "dino", "cifar10", "120 / 1000", "", "", "stopped"]
+    assert texts[1][:7] == ["simclr-done", "simclr", "shapes", "500 / 500", "73.4%", "", "completed"]
+    assert texts[1][7].count(":") == 1 and texts[1][7][:2] == "20"  # date YYYY-MM-DD HH:MM
+    # a linear probe's result (ssl-eval linear or the panel's button) fills the Linear column
+    (done / "linear_probe.json").write_text('{"linear_top1": 0.812, "step": 500}')
+    p.refresh()
+    assert [r for r in p.row_texts() if r[0] == "simclr-done"][0][5] == "81.2%"
     p.grab().save(str(root / "runs-panel.png"))
 
     # a run without run.json yet: method/dataset from config.yaml, status unknown
@@ -114,7 +118,7 @@ def test_refresh_keeps_selection_and_follows_changes(qtbot, runs, tmp_path):
     p.refresh()
     assert p.selected_run_dirs() == [str(part)]
     row = [r for r in p.row_texts() if r[0] == "dino-stopped"][0]
-    assert row[3] == "300 / 1000" and row[5] == "running"
+    assert row[3] == "300 / 1000" and row[6] == "running"
 
     other = tmp_path / "elsewhere"
     other.mkdir()
