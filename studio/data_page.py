@@ -417,8 +417,10 @@ class DataPage(QWidget):
             self._sync_kind(cfg.data.source)
         if self.splits is not None and _preview_key(cfg) != self._preview_aug:
             self._debounce.start()
-        # the setup names another dataset: reload it (now when the page is visible, else when shown)
-        if self.splits is not None and cfg.data.model_dump(mode="json") != self._attempted_key:
+        # the setup names another dataset than the last load (which may have failed): reload it
+        # (now when the page is visible, else when shown)
+        attempted = self.splits is not None or self._attempted_key is not None
+        if attempted and cfg.data.model_dump(mode="json") != self._attempted_key:
             if self.isVisible():
                 self._reload.start()
             else:
@@ -437,6 +439,7 @@ class DataPage(QWidget):
             self._set_status(str(e), error=True)
             return
         if self.loaded_key == data_cfg.model_dump(mode="json") and self.splits is not None:
+            self._attempted_key = self.loaded_key  # back to the loaded dataset (e.g. after a failed path)
             self._set_status(f"Loaded {self.splits.name}.")
             return
         if self.loader is not None and self.loader.isRunning():
@@ -487,6 +490,8 @@ class DataPage(QWidget):
             self.status.setText(text)
 
     def _loaded(self, splits, key: dict, error: str) -> None:
+        if key != self._attempted_key:  # a superseded load, delivered late: the current one follows
+            return
         self.load_btn.setEnabled(True)
         if self.loader is not None:
             self.loader.wait()

@@ -1007,7 +1007,9 @@ class ParameterInspector(QWidget):
         self.preset_combo.setCurrentIndex(0)
         self._baseline["method"] = name
         self._baseline["params"] = copy.deepcopy(params)
-        self._parse_errors = {k: v for k, v in self._parse_errors.items() if not k.startswith("params.")}
+        # the rebuilt form shows every field's last valid value: an unparsable text typed before
+        # the switch is dropped with its error (it would stay hidden behind the shown value)
+        self._parse_errors = {}
         self._build_form()
         self._revalidate()
         self.method_changed.emit(name)

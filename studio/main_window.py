@@ -172,6 +172,7 @@ class MainWindow(QMainWindow):
     def __init__(self, settings: QSettings | None = None, runs_dir: str | None = None) -> None:
         super().__init__()
         self.settings = settings if settings is not None else QSettings()
+        self._last_method = str(self.settings.value("last_method", "") or "")  # before building overwrites it
         self.runs_dir = str(Path(runs_dir or self.settings.value("runs_dir", "") or default_runs_dir()).expanduser())
         self.setWindowTitle("SSL Studio")
         self.controller = RunController(self)
@@ -382,7 +383,7 @@ class MainWindow(QMainWindow):
             self.load_preset(preset)
         if not restore_last:
             return
-        method = self.settings.value("last_method", "")
+        method = self._last_method
         if method and method != self.inspector.method():
             try:
                 get_method(str(method))
@@ -622,11 +623,13 @@ class MainWindow(QMainWindow):
         """Continue a past run from its last checkpoint with its own config."""
         if self.controller.is_running():
             return None
+        device = self.device_picker.device()  # the user's pick, not the device the run was saved with
         try:
             raw = load_yaml(Path(run_dir) / "config.yaml")
             self.inspector.load_config(raw)
+            self.inspector.set_value("train.device", device)  # keeps the picker on the user's pick
             cfg = validate_config(raw)
-            cfg.train.device = self.device_picker.device()
+            cfg.train.device = device
         except UserError as e:
             self.report_error("Resume", str(e))
             return None

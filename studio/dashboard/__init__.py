@@ -47,6 +47,9 @@ class _Line:
     def __init__(self, item: pg.PlotDataItem, buf: SeriesBuffer) -> None:
         self.item, self.buf, self.seen = item, buf, -1
 
+    def pending(self) -> bool:
+        return self.buf.version != self.seen
+
     def update(self) -> bool:
         if self.buf.version == self.seen:
             return False
@@ -445,6 +448,8 @@ class Dashboard(QtWidgets.QWidget):
             small = self._smoothed[1:] + self._train_lines
             changed += [c for c in self._smoothed[:1] if c.update()]
             changed += [c for i, c in enumerate(small) if (all_tabs or i % 2 == odd) and c.update()]
+            if not all_tabs and any(c.pending() for c in small):
+                self._schedule()  # the other half has news too: paint it on the next tick
         if all_tabs or current is self.tabs.widget(1):
             changed += [ln for ln in self._eval_lines if ln.update()]
         if all_tabs or current is self.embedding_view:

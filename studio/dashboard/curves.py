@@ -248,6 +248,10 @@ class SmoothedCurve:
         self._done = 0
         self._seen_version = -1
 
+    def pending(self) -> bool:
+        """New points not drawn yet."""
+        return self.buf.version != self._seen_version
+
     def update(self) -> bool:
         """Copy new points into the plot items; True when something changed."""
         buf = self.buf

@@ -177,6 +177,12 @@ def test_invalid_value_disables_start_with_the_reason(make_window, tmp_path):
     insp._on_edited("aug.global_crops.scale")
     assert not win.act_start.isEnabled() and "aug.global_crops.scale" in insp.error_text()
     assert win.start_run() is None and win.controller.thread is None
+    # an unparsable text, then another method: no error stays hidden behind the rebuilt form
+    insp.set_value("aug.global_crops.scale", [0.2, 1.0])
+    insp.set_text("optim.lr", "abc")
+    assert not win.act_start.isEnabled()
+    win.select_method("byol")
+    assert win.act_start.isEnabled() and insp.error_text() == "" and insp.editor("optim.lr").edit.text() == "0.01"
 
 
 def test_changed_values_are_marked_in_form_and_diagram(make_window):
@@ -307,10 +313,13 @@ def test_short_run_emits_curves_then_reopens_and_resumes(make_window, qtbot, tmp
     # ... and continues from its checkpoint for two more steps
     cfg = load_yaml(Path(run_dir) / "config.yaml")
     cfg["train"]["steps"] = 6
+    cfg["train"]["device"] = "auto"  # saved elsewhere: the device picked here is the one used
     (Path(run_dir) / "config.yaml").write_text(RunConfig(**cfg).to_yaml())
+    win.device_picker.set_device("cpu")
     with qtbot.waitSignal(win.run_finished, timeout=RUN_TIMEOUT_MS) as sig:
         win.runs_panel.resume_requested.emit(run_dir)
     assert sig.args[0] == "completed"
+    assert win.device_picker.device() == "cpu" and load_yaml(Path(run_dir) / "config.yaml")["train"]["device"] == "cpu"
     rows = ev.read_metrics(str(Path(run_dir) / "metrics.jsonl"))
     starts = [r for r in rows if r["event"] == "run_started"]
     assert len(starts) == 2 and starts[1]["resumed"] is True and starts[1]["step"] == 4
@@ -412,6 +421,7 @@ def test_settings_persist_between_sessions(make_window, tmp_path):
     win = make_window(settings_name="persist.ini", load_tiny=False)
     win.restore_session("quick_cpu")
     assert win.inspector.current_preset() == "quick_cpu"
+    win.select_method("dino")
     win.inspector.set_value("data.source", str(tmp_path / "my-images"))
     win.resize(1234, 777)
     win.tabs.setCurrentIndex(2)
@@ -420,9 +430,9 @@ def test_settings_persist_between_sessions(make_window, tmp_path):
     again = make_window(settings_name="persist.ini", load_tiny=False)
     again.restore_session("quick_cpu")
     assert again.inspector.value("data.source") == str(tmp_path / "my-images")
-    assert again.inspector.method() == "simclr"
+    assert again.inspector.method() == "dino" and again.library.current_method() == "dino"
     assert again.tabs.currentIndex() == 2
-    assert again.settings.value("last_method") == "simclr"
+    assert again.settings.value("last_method") == "dino"
 
 
 # ----------------------------------------------------------------------------- data
@@ -458,6 +468,11 @@ def test_data_page_loads_and_previews_augmentation(make_window, qtbot, tmp_path)
         page.choose_source(str(tmp_path / "nothing-here"))
     assert "nothing-here" in sig.args[0]
     assert win.inspector.value("data.source") == str(tmp_path / "nothing-here")
+    # correcting the source after the failure loads it again
+    win.inspector.set_text("data.source", str(tmp_path / "still-nothing"))
+    qtbot.waitUntil(lambda: "still-nothing" in page.status.text() and not page.is_loading(), timeout=30_000)
+    win.inspector.set_text("data.source", "shapes")
+    qtbot.waitUntil(lambda: page.status.text().startswith("Loaded"), timeout=30_000)
 
 
 # --------------------------------------------------------------------------- scripted
