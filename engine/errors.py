@@ -22,3 +22,7 @@ class CheckpointError(UserError):
 
 class TrainingError(Exception):
     """A step failed (NaN loss, out of memory); the message says what to change."""
+
+
+class Cancelled(Exception):
+    """A long job (a linear probe) was cancelled by its caller."""

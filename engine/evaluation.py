@@ -71,7 +71,7 @@ def knn_evaluate(
 def fit_linear_probe(
     train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
     n_classes: int, epochs: int = 100, lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 256,
-    seed: int = 0,
+    seed: int = 0, should_stop=None,
 ) -> dict[str, float]:
     """A linear classifier on frozen features: train_f [N, D], test_f [M, D], labels long.
 
@@ -92,6 +92,10 @@ def fit_linear_probe(
     steps = epochs * max(1, -(-n // batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     for _ in range(epochs):
+        if should_stop is not None and should_stop():
+            from .errors import Cancelled
+
+            raise Cancelled("linear probe cancelled")
         order = torch.randperm(n, generator=g).to(dev)
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
@@ -108,7 +112,7 @@ def fit_linear_probe(
 
 def linear_probe_evaluate(
     method: Method, data: DataSplits, cfg: RunConfig, device: torch.device, epochs: int = 100,
-    lr: float = 1e-2, autocast_dtype=None,
+    lr: float = 1e-2, autocast_dtype=None, should_stop=None,
 ) -> dict[str, float] | None:
     """Linear probe of ``method.embed`` (the kNN's feature): up to ``eval.max_bank`` training
     images fit the classifier, up to ``eval.max_queries`` test images score it (the kNN's
@@ -125,20 +129,20 @@ def linear_probe_evaluate(
         q_idx = _subsample(len(test), cfg.eval.max_queries, g)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             ft = extract_features(method.embed, data.train.images[bank_idx], 256, device,
-                                  cfg.aug.mean, cfg.aug.std, size=size)
+                                  cfg.aug.mean, cfg.aug.std, size=size, should_stop=should_stop)
             fq = extract_features(method.embed, test.images[q_idx], 256, device,
-                                  cfg.aug.mean, cfg.aug.std, size=size)
+                                  cfg.aug.mean, cfg.aug.std, size=size, should_stop=should_stop)
     finally:
         method.train(was_training)
     with torch.enable_grad():
         res = fit_linear_probe(ft.float(), data.train.labels[bank_idx].to(device), fq.float(),
                                test.labels[q_idx].to(device), len(data.train.classes), epochs=epochs, lr=lr,
-                               seed=cfg.train.seed)
+                               seed=cfg.train.seed, should_stop=should_stop)
     return {**res, "n_train": int(len(bank_idx)), "n_test": int(len(q_idx)), "epochs": int(epochs)}
 
 
 def linear_probe_run(run_dir, device: torch.device | str = "cpu", epochs: int = 100, lr: float = 1e-2,
-                     data_source: str | None = None, save: bool = True) -> dict:
+                     data_source: str | None = None, save: bool = True, should_stop=None) -> dict:
     """Linear probe of a run folder's last checkpoint (``ssl-eval linear``, the studio's runs
     panel). With ``save`` (and the run's own data) the result is written to the run folder's
     ``linear_probe.json`` (atomic). Raises UserError without labels or a test split."""
@@ -155,7 +159,7 @@ def linear_probe_run(run_dir, device: torch.device | str = "cpu", epochs: int = 
     if data_source:
         cfg.data.source = data_source
     data = load_dataset(cfg.data)
-    res = linear_probe_evaluate(method, data, cfg, device, epochs=epochs, lr=lr)
+    res = linear_probe_evaluate(method, data, cfg, device, epochs=epochs, lr=lr, should_stop=should_stop)
     if res is None:
         raise UserError("the data has no labels (or no test split): a linear probe needs both")
     out = {"linear_top1": res["linear_top1"], "train_top1": res["train_top1"], "step": int(state["step"]),

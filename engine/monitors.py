@@ -152,6 +152,7 @@ def extract_features(
     mean: Sequence[float],
     std: Sequence[float],
     size: int | tuple[int, int] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Features of every image: ``[N, 3, H, W]`` uint8 -> ``[N, D]`` float32 on ``device``.
 
@@ -169,6 +170,10 @@ def extract_features(
     hw = (size, size) if isinstance(size, int) else tuple(size) if size is not None else None
     out: torch.Tensor | None = None
     for i in range(0, n, batch_size):
+        if should_stop is not None and should_stop():
+            from .errors import Cancelled
+
+            raise Cancelled("feature extraction cancelled")
         x = images_uint8[i : i + batch_size].to(device, non_blocking=True).float().div(255.0)  # [b, 3, H, W]
         if hw is not None and tuple(x.shape[-2:]) != hw:
             x = F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)

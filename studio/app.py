@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_theme(app, None if args.theme == "system" else args.theme == "dark")
 
     win = MainWindow(settings=make_settings(args.settings), runs_dir=args.runs_dir)
+    # a scripted session (--quit) leaves the user's own settings as they were (unless --settings names a file)
+    win.persist_settings = not (args.quit and not args.settings)
     try:
         if args.run:
             if _is_config_path(args.run):

@@ -147,13 +147,22 @@ class LinearProbeJob(QThread):
     def __init__(self, run_dir: str, device: str, epochs: int = 100, parent=None) -> None:
         super().__init__(parent)
         self.run_dir, self.device, self.epochs = run_dir, device, epochs
+        self._cancel = False
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next batch or epoch (the window is closing)."""
+        self._cancel = True
 
     def run(self) -> None:
+        from engine.errors import Cancelled
         from engine.evaluation import linear_probe_run
         from engine.trainer import resolve_device
 
         try:
-            res = linear_probe_run(self.run_dir, resolve_device(self.device), epochs=self.epochs)
+            res = linear_probe_run(self.run_dir, resolve_device(self.device), epochs=self.epochs,
+                                   should_stop=lambda: self._cancel)
+        except Cancelled:
+            self.done.emit(self.run_dir, None, "cancelled")
         except UserError as e:
             self.done.emit(self.run_dir, None, str(e))
         except Exception as e:  # noqa: BLE001 - shown to the user, never a crash
@@ -183,6 +192,7 @@ class MainWindow(QMainWindow):
         self.choose_save_path: Callable[[str, str, str], str] = self._choose_save_path
         self.errors: list[str] = []         # every error shown (newest last)
         self.probe_job: LinearProbeJob | None = None
+        self.persist_settings = True  # False: a scripted session leaves the user's settings alone
         self.last_run_dir: str | None = None
         self.opened_run: str | None = None
         self._close_after_run = False
@@ -345,10 +355,8 @@ class MainWindow(QMainWindow):
     # ============================================================ settings
     def _restore_geometry(self) -> None:
         geo = self.settings.value("window/geometry")
-        if isinstance(geo, QByteArray) and not geo.isEmpty():
-            self.restoreGeometry(geo)
-        else:
-            self.resize(1500, 940)
+        if not (isinstance(geo, QByteArray) and not geo.isEmpty() and self.restoreGeometry(geo)):
+            self.resize(1500, 940)  # first start, or a geometry Qt cannot read
         state = self.settings.value("window/state")
         if isinstance(state, QByteArray) and not state.isEmpty():
             self.restoreState(state)
@@ -365,6 +373,8 @@ class MainWindow(QMainWindow):
                 pass
 
     def save_settings(self) -> None:
+        if not self.persist_settings:
+            return
         s = self.settings
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/state", self.saveState())
@@ -390,12 +400,18 @@ class MainWindow(QMainWindow):
                 self.select_method(str(method))
             except UserError:
                 pass
-        dataset = self.settings.value("last_dataset", "")
+        dataset = str(self.settings.value("last_dataset", "") or "")
         if dataset and dataset != self.inspector.value("data.source"):
-            self.inspector.set_value("data.source", str(dataset))
-        device = self.settings.value("device", "")
+            if dataset == "shapes" or Path(dataset).expanduser().exists():
+                self.inspector.set_value("data.source", dataset)
+            else:
+                self._log(f"the last session's dataset {dataset} is gone; keeping {self.inspector.value('data.source')}")
+        device = str(self.settings.value("device", "") or "")
         if device and device != self.inspector.value("train.device"):
-            self.inspector.set_value("train.device", str(device))
+            if device in [v for v, _ in device_choices()]:
+                self.inspector.set_value("train.device", device)
+            else:
+                self._log(f"the last session's device {device} is not here; using {self.inspector.value('train.device')}")
 
     # ============================================================= setup
     def select_method(self, name: str) -> None:
@@ -429,7 +445,6 @@ class MainWindow(QMainWindow):
             f"<span style='font-size:15pt; font-weight:600'>{cls.name or name}</span>"
             f" &nbsp;<span style='color:gray'>{cls.family}</span><br>"
             f"<i>{cls.paper}</i><br>{summary}")
-        self.settings.setValue("last_method", name)
 
     def _on_config_changed(self, cfg: RunConfig | None) -> None:
         self.diagram.set_changed_keys(self.inspector.changed_keys())
@@ -609,12 +624,16 @@ class MainWindow(QMainWindow):
         if self.controller.is_running():
             self.report_error("Open run", "a run is in progress; stop it before opening another")
             return
+        if not (Path(run_dir) / "config.yaml").is_file():
+            self.report_error("Open run", f"{run_dir} holds no run (no config.yaml)")
+            return
         self.dashboard.load_run(run_dir)
         self.opened_run = run_dir
         try:
             self.inspector.load_config(load_yaml(Path(run_dir) / "config.yaml"))
         except UserError as e:
-            self.statusBar().showMessage(f"{run_dir}: config not loaded ({e})", 10000)
+            self.report_error("Open run", f"the curves of {run_dir} are shown, but its config does not load "
+                                          f"into the form: {e}")
         self.tabs.setCurrentWidget(self.dashboard)
         self._log(f"opened {run_dir}")
         self._update_actions()
@@ -622,6 +641,7 @@ class MainWindow(QMainWindow):
     def resume_past_run(self, run_dir: str) -> str | None:
         """Continue a past run from its last checkpoint with its own config."""
         if self.controller.is_running():
+            self.report_error("Resume", "a run is in progress; stop it before resuming another")
             return None
         device = self.device_picker.device()  # the user's pick, not the device the run was saved with
         try:
@@ -645,6 +665,10 @@ class MainWindow(QMainWindow):
         """Start a linear probe of a past run in the background (one at a time)."""
         if self.probe_job is not None and self.probe_job.isRunning():
             return False
+        if self.controller.is_running():
+            self.report_error("Linear probe", "a run is in progress (it would share the device); "
+                                              "probe when it has finished")
+            return False
         self.probe_job = LinearProbeJob(run_dir, self.device_picker.device())
         self.probe_job.done.connect(self._probe_done)
         self.runs_panel.set_probing(True)
@@ -658,7 +682,10 @@ class MainWindow(QMainWindow):
             self.probe_job.wait()
         self.runs_panel.set_probing(False)
         if res is None:
-            self.report_error("Linear probe", error)
+            if error == "cancelled":
+                self._log(f"linear probe of {run_dir} cancelled")
+            else:
+                self.report_error("Linear probe", error)
             return
         text = (f"linear probe of {Path(run_dir).name} (step {res['step']}): top-1 {res['linear_top1']:.1%} "
                 f"(train {res['train_top1']:.1%}; {res['n_train']} training / {res['n_test']} test images, "
@@ -802,6 +829,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("stopping the run; the window closes once its checkpoint is saved…")
             event.ignore()
             return
+        if self.probe_job is not None and self.probe_job.isRunning():
+            self.probe_job.cancel()  # stops at its next batch or epoch; shutdown() waits for it
         self.data_page.shutdown()
         self.save_settings()
         self._closing = True

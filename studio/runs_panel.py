@@ -131,6 +131,7 @@ class RunsPanel(QtWidgets.QWidget):
         self.runs_dir = str(runs_dir)
         self._rows: list[dict[str, Any]] = []
         self._probing = False
+        self._sized = False
 
         self.title = QtWidgets.QLabel()
         self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
@@ -240,7 +241,9 @@ class RunsPanel(QtWidgets.QWidget):
                            QtCore.QItemSelectionModel.SelectionFlag.Select
                            | QtCore.QItemSelectionModel.SelectionFlag.Rows)
         t.blockSignals(False)
-        t.resizeColumnsToContents()
+        if not self._sized and rows:  # once: later refreshes keep the widths the user set
+            t.resizeColumnsToContents()
+            self._sized = True
         self._update_buttons()
 
     def rows(self) -> list[dict[str, Any]]:
@@ -343,9 +346,6 @@ class RunsPanel(QtWidgets.QWidget):
 
 
 def _status_colour(status: str):
-    from PySide6.QtGui import QColor
+    from . import theme
 
-    return QColor({
-        "completed": "#2e7d32", "running": "#1565c0", "paused": "#ef6c00",
-        "stopped": "#6d4c41", "failed": "#c62828",
-    }.get(status, "#555555"))
+    return theme.pick(theme.STATUS_COLORS.get(status, theme.MUTED_COLOR))

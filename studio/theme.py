@@ -37,6 +37,11 @@ CHANGED_COLOR = ("#d9822b", "#f0a04b")   # orange dot: changed from preset / def
 ERROR_COLOR = ("#c62828", "#ff6b6b")     # invalid value
 LIVE_COLOR = ("#1e88e5", "#64b5f6")      # live-tunable setting
 ACCENT_COLOR = ("#2a82da", "#2a82da")
+MUTED_COLOR = ("#555555", "#a8a8a8")     # secondary text (hints, messages)
+STATUS_COLORS: dict[str, tuple[str, str]] = {  # run status in the runs panel (>= 4.5:1 on either scheme)
+    "completed": ("#2e7d32", "#81c784"), "running": ("#1565c0", "#64b5f6"), "paused": ("#ef6c00", "#ffb74d"),
+    "stopped": ("#6d4c41", "#bcaaa4"), "failed": ("#c62828", "#ff6b6b"),
+}
 
 
 def is_dark() -> bool:

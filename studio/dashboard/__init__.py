@@ -20,6 +20,7 @@ from PySide6.QtCore import Signal
 
 from engine import events as ev
 
+from .. import theme
 from .curves import (
     PALETTE, SeriesBuffer, SmoothedCurve, collapse_message, debiased_ema, make_plot, pen, ref_pen, set_title,
 )
@@ -185,7 +186,7 @@ class Dashboard(QtWidgets.QWidget):
         self.eval_hint = QtWidgets.QLabel(
             "kNN accuracy and the collapse indicators appear with the first evaluation.  " + _COLLAPSE_HELP)
         self.eval_hint.setWordWrap(True)
-        self.eval_hint.setStyleSheet("color: #555;")
+        self.eval_hint.setStyleSheet(f"color: {theme.pick(theme.MUTED_COLOR).name()};")
         eg.addWidget(self.eval_hint)
         self.eval_grid = QtWidgets.QGridLayout()
         eg.addLayout(self.eval_grid)
@@ -572,7 +573,7 @@ class Dashboard(QtWidgets.QWidget):
         if self._last_knn is not None:
             parts.append(f"kNN {_fmt_knn(self._last_knn)}")
         if self._message:
-            parts.append(f"<span style='color:#666'>{_html(self._message)}</span>")
+            parts.append(f"<span style='color:{theme.pick(theme.MUTED_COLOR).name()}'>{_html(self._message)}</span>")
         self.status_label.setText(" · ".join(parts) if parts else "no run")
         if self._collapse_msg:
             self.badge.setText("⚠ " + self._collapse_msg)

@@ -422,6 +422,7 @@ def test_settings_persist_between_sessions(make_window, tmp_path):
     win.restore_session("quick_cpu")
     assert win.inspector.current_preset() == "quick_cpu"
     win.select_method("dino")
+    (tmp_path / "my-images").mkdir()
     win.inspector.set_value("data.source", str(tmp_path / "my-images"))
     win.resize(1234, 777)
     win.tabs.setCurrentIndex(2)
@@ -433,6 +434,16 @@ def test_settings_persist_between_sessions(make_window, tmp_path):
     assert again.inspector.method() == "dino" and again.library.current_method() == "dino"
     assert again.tabs.currentIndex() == 2
     assert again.settings.value("last_method") == "dino"
+    again.close()
+    # what the last session named may be gone: a deleted folder, a GPU of another machine
+    s = again.settings
+    s.setValue("last_dataset", str(tmp_path / "deleted-images"))
+    s.setValue("device", "cuda:7")
+    s.sync()
+    third = make_window(settings_name="persist.ini", load_tiny=False)
+    third.restore_session("quick_cpu")
+    assert third.inspector.value("data.source") == "shapes" and third.inspector.value("train.device") != "cuda:7"
+    assert "cuda:7" not in [third.device_picker.itemData(i) for i in range(third.device_picker.count())]
 
 
 # ----------------------------------------------------------------------------- data
@@ -493,6 +504,24 @@ def test_scripted_mode_runs_and_saves_a_screenshot(qtbot, tmp_path, tiny_cfg_dic
     assert rows[-1]["event"] == "finished" and rows[-1]["step"] == 2
     cfg = load_yaml(runs[0] / "config.yaml")  # --set reached the run (as ssl-train --set)
     assert cfg["optim"]["lr"] == 0.0123 and cfg["params"]["temperature"] == 0.3
+
+
+def test_scripted_mode_leaves_the_users_settings_alone(qtbot, tmp_path, tiny_cfg_dict, capsys, monkeypatch):
+    from studio import app
+
+    user = tmp_path / "user.ini"
+    before = QSettings(str(user), QSettings.Format.IniFormat)
+    before.setValue("last_method", "dino")
+    before.setValue("runs_dir", str(tmp_path / "my-runs"))
+    before.sync()
+    text = user.read_text()
+    monkeypatch.setenv("SSL_STUDIO_SETTINGS", str(user))  # the user's own settings file
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(validate_config(_with(tiny_cfg_dict, **{"train.steps": 2})).to_yaml())
+    rc = app.main(["--run", str(cfg_path), "--quit", "--runs-dir", str(tmp_path / "elsewhere"),
+                   "--size", "1100x700"])
+    assert rc == 0, capsys.readouterr().err
+    assert user.read_text() == text  # no runs_dir, method, window size or device written
 
 
 @pytest.mark.parametrize("bad, says", [

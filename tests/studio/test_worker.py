@@ -216,3 +216,37 @@ def test_garbage_with_qt_objects_is_collected_in_the_gui_thread_only(qtbot):
     del kept
     gc.collect()  # (the cycle may sit in an older generation than the timer's collection)
     assert ref() is None
+
+
+def test_gpu_labels_never_create_a_context_on_an_idle_gpu(monkeypatch):
+    import types
+
+    import torch
+
+    from studio import worker
+
+    calls = []
+    fake_cuda = types.SimpleNamespace(
+        get_device_properties=lambda i: types.SimpleNamespace(name=f"GPU{i}", total_memory=80 * 2**30),
+        device_memory_used=lambda i: 3 * 2**30,
+        is_initialized=lambda: False,
+        memory_reserved=lambda i: 0,
+        memory_allocated=lambda i: 0,
+        mem_get_info=lambda i: calls.append(i) or (0, 0),
+    )
+    fake = types.SimpleNamespace(cuda=fake_cuda)
+    assert worker._gpu_label(fake, 1) == "cuda:1  GPU1 — 3.0 / 80.0 GiB in use"
+    # no NVML: only the total, and no mem_get_info (it would create a context on that GPU)
+    def no_nvml(i):
+        raise ModuleNotFoundError("pynvml")
+
+    fake_cuda.device_memory_used = no_nvml
+    assert worker._gpu_label(fake, 0) == "cuda:0  GPU0 — 80.0 GiB"
+    assert calls == []
+    # a GPU this process already uses: CUDA's own numbers, and the studio's share
+    fake_cuda.is_initialized = lambda: True
+    fake_cuda.memory_reserved = lambda i: 2**30
+    fake_cuda.memory_allocated = lambda i: 2**29
+    fake_cuda.mem_get_info = lambda i: (70 * 2**30, 80 * 2**30)
+    assert worker._gpu_label(fake, 0) == "cuda:0  GPU0 — 10.0 / 80.0 GiB in use, studio 0.50 GiB"
+    assert torch.cuda.device_count() >= 0  # the real module is untouched
