@@ -26,12 +26,11 @@ Dialogs are injectable for tests and scripted use: ``ask_question(title, text)
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QThread, QTimer, Signal
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -53,6 +52,7 @@ from PySide6.QtWidgets import (
 from engine import events as ev
 from engine.config import RunConfig, load_yaml, validate_config
 from engine.errors import ConfigError, UserError
+from engine.fileio import atomic_write_text
 from engine.methods import get_method
 from engine.presets import list_presets
 
@@ -60,6 +60,7 @@ from . import theme
 from .data_page import DataPage
 from .diagram import DiagramView
 from .inspector import ParameterInspector
+from .jobs import Job
 from .library import MethodLibrary
 from .worker import RunController, default_runs_dir, device_choices, make_run_dir
 
@@ -139,43 +140,12 @@ class DevicePicker(QComboBox):
         super().showPopup()
 
 
-class LinearProbeJob(QThread):
-    """A run folder's linear probe off the GUI thread: ``done(run_dir, result dict or None, error)``."""
-
-    done = Signal(str, object, str)
-
-    def __init__(self, run_dir: str, device: str, epochs: int = 100, parent=None) -> None:
-        super().__init__(parent)
-        self.run_dir, self.device, self.epochs = run_dir, device, epochs
-        self._cancel = False
-
-    def cancel(self) -> None:
-        """Ask the job to stop at its next batch or epoch (the window is closing)."""
-        self._cancel = True
-
-    def run(self) -> None:
-        from engine.errors import Cancelled
-        from engine.evaluation import linear_probe_run
-        from engine.trainer import resolve_device
-
-        try:
-            res = linear_probe_run(self.run_dir, resolve_device(self.device), epochs=self.epochs,
-                                   should_stop=lambda: self._cancel)
-        except Cancelled:
-            self.done.emit(self.run_dir, None, "cancelled")
-        except UserError as e:
-            self.done.emit(self.run_dir, None, str(e))
-        except Exception as e:  # noqa: BLE001 - shown to the user, never a crash
-            self.done.emit(self.run_dir, None, f"{type(e).__name__}: {e}")
-        else:
-            self.done.emit(self.run_dir, res, "")
-
-
 class MainWindow(QMainWindow):
     """SSL Studio's main window. ``run_finished(status, message)`` after every run."""
 
     run_finished = Signal(str, str)
     probe_finished = Signal(str, object)  # run folder, linear probe result
+    export_finished = Signal(str, object)  # output file, export metadata (None when it failed)
     run_started = Signal(str)
 
     def __init__(self, settings: QSettings | None = None, runs_dir: str | None = None) -> None:
@@ -191,7 +161,8 @@ class MainWindow(QMainWindow):
         self.choose_directory: Callable[[str, str], str] = self._choose_directory
         self.choose_save_path: Callable[[str, str, str], str] = self._choose_save_path
         self.errors: list[str] = []         # every error shown (newest last)
-        self.probe_job: LinearProbeJob | None = None
+        self.probe_job: Job | None = None  # a linear probe (one at a time)
+        self.export_job: Job | None = None  # a backbone export (one at a time)
         self.persist_settings = True  # False: a scripted session leaves the user's settings alone
         self.last_run_dir: str | None = None
         self.opened_run: str | None = None
@@ -528,8 +499,9 @@ class MainWindow(QMainWindow):
         """Stop a run cleanly, wait for every thread (run, data loader, preview), save settings."""
         self.controller.shutdown(timeout_s)
         self.data_page.shutdown()
-        if self.probe_job is not None:
-            self.probe_job.wait()
+        for job in (self.probe_job, self.export_job):
+            if job is not None:
+                job.wait()
         self.save_settings()
 
     def _on_live_edit(self, key: str, value: Any) -> None:
@@ -669,8 +641,12 @@ class MainWindow(QMainWindow):
             self.report_error("Linear probe", "a run is in progress (it would share the device); "
                                               "probe when it has finished")
             return False
-        self.probe_job = LinearProbeJob(run_dir, self.device_picker.device())
-        self.probe_job.done.connect(self._probe_done)
+        from engine.evaluation import linear_probe_run
+        from engine.trainer import resolve_device
+
+        device = self.device_picker.device()
+        self.probe_job = Job(lambda stop: linear_probe_run(run_dir, resolve_device(device), should_stop=stop))
+        self.probe_job.done.connect(lambda res, error: self._probe_done(run_dir, res, error))
         self.runs_panel.set_probing(True)
         self._log(f"linear probe of {run_dir} …")
         self.statusBar().showMessage(f"linear probe of {Path(run_dir).name} …")
@@ -705,7 +681,7 @@ class MainWindow(QMainWindow):
             out = self.choose_save_path("Export config", f"{name}.yaml", "YAML (*.yaml)")
             if out:
                 try:
-                    shutil.copyfile(Path(run_dir) / "config.yaml", out)
+                    atomic_write_text(out, (Path(run_dir) / "config.yaml").read_text())
                     self.statusBar().showMessage(f"config written to {out}", 8000)
                 except OSError as e:
                     self.report_error("Export", str(e))
@@ -714,19 +690,31 @@ class MainWindow(QMainWindow):
         out = self.choose_save_path(f"Export backbone ({fmt})", f"{name}-backbone{ext}", f"*{ext}")
         if not out:
             return
+        self.export_backbone_in_background(run_dir, fmt, out)
+
+    def export_backbone_in_background(self, run_dir: str, fmt: str, out: str) -> bool:
+        """Write a run's backbone weights off the GUI thread (loading a large checkpoint takes a while)."""
         from engine.export import export_backbone
 
-        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
-        try:
-            meta = export_backbone(run_dir, fmt, out)
-            self.statusBar().showMessage(f"backbone ({meta.get('arch')}, step {meta.get('step')}) written to {out}",
-                                         10000)
-        except UserError as e:
-            self.report_error("Export", str(e))
-        except OSError as e:
-            self.report_error("Export", f"cannot write {out}: {e.strerror or e}")
-        finally:
-            QApplication.restoreOverrideCursor()
+        if self.export_job is not None and self.export_job.isRunning():
+            self.report_error("Export", "an export is still being written; try again when it has finished")
+            return False
+        self.export_job = Job(lambda _stop: export_backbone(run_dir, fmt, out))
+        self.export_job.done.connect(lambda meta, error: self._export_done(out, meta, error))
+        self.statusBar().showMessage(f"writing the backbone to {out} …")
+        self.export_job.start()
+        return True
+
+    def _export_done(self, out: str, meta: dict | None, error: str) -> None:
+        if self.export_job is not None:
+            self.export_job.wait()
+        if meta is None:
+            self.report_error("Export", error)
+        else:
+            text = f"backbone ({meta.get('arch')}, step {meta.get('step')}) written to {out}"
+            self._log(text)
+            self.statusBar().showMessage(text, 10000)
+        self.export_finished.emit(out, meta)
 
     def _open_run_dialog(self) -> None:
         d = self.choose_directory("Open run folder", self.runs_dir)

@@ -338,6 +338,20 @@ def test_short_run_emits_curves_then_reopens_and_resumes(make_window, qtbot, tmp
     row = next(r for r in win.runs_panel.row_texts() if r[0] == Path(run_dir).name)
     assert row[COLUMNS.index("Linear")] == f"{res['linear_top1']:.1%}"
     assert win.runs_panel.probe_btn.isEnabled() and not win.dialogs.errors
+    # exports: the backbone is written in the background (torchvision weights, strict load), the config at once
+    win.choose_save_path = lambda *_a: str(tmp_path / "exported" / "bb.pth")
+    with qtbot.waitSignal(win.export_finished, timeout=RUN_TIMEOUT_MS) as sig:
+        win.runs_panel.export_requested.emit(run_dir, "torchvision")
+    assert sig.args[1]["step"] == 6
+    import torch
+    import torchvision
+
+    bb = torchvision.models.resnet18()
+    bb.fc = torch.nn.Identity()
+    bb.load_state_dict(torch.load(tmp_path / "exported" / "bb.pth", weights_only=True), strict=True)
+    win.choose_save_path = lambda *_a: str(tmp_path / "exported" / "run.yaml")
+    win.runs_panel.export_requested.emit(run_dir, "config")
+    assert validate_config(load_yaml(tmp_path / "exported" / "run.yaml")).train.steps == 6
     # a run whose data is gone: the engine's message in a dialog, the window stays usable
     cfg["data"]["source"] = str(tmp_path / "gone")
     (Path(run_dir) / "config.yaml").write_text(RunConfig(**cfg).to_yaml())
