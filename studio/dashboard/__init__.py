@@ -453,6 +453,9 @@ class Dashboard(QtWidgets.QWidget):
                 self._schedule()  # the other half has news too: paint it on the next tick
         if all_tabs or current is self.tabs.widget(1):
             changed += [ln for ln in self._eval_lines if ln.update()]
+        if getattr(self, "_overlays_dirty", False) and (all_tabs or current is self._compare_page):
+            self._overlays_dirty = False
+            self._draw_overlays()
         if all_tabs or current is self.embedding_view:
             self.embedding_view.refresh()
         for view in self.probe_views.values():
@@ -596,7 +599,7 @@ class Dashboard(QtWidgets.QWidget):
             self.smoothing_slider.blockSignals(False)
         for c in self._smoothed:
             c.set_alpha(alpha)
-        self._draw_overlays()
+        self._overlays_dirty = bool(self._overlays)  # re-smoothed by the throttled redraw, not per slider tick
         self._schedule()
 
     @property

@@ -373,6 +373,12 @@ def test_load_run_restores_curves_and_snapshots(dash, tmp_path):
     assert names == ["run-r", "run-s"]
     assert [len(i.getOriginalDataset()[0]) for i in dash.plots["compare_loss"].getPlotItem().listDataItems()] == [60, 40]
     assert [len(i.getOriginalDataset()[0]) for i in dash.plots["compare_knn"].getPlotItem().listDataItems()] == [3, 2]
+    # the smoothing slider re-smooths the overlays at the next (throttled) redraw
+    dash.smoothing_slider.setValue(30)
+    dash.flush()
+    first = dash.plots["compare_loss"].getPlotItem().listDataItems()[0].getOriginalDataset()[1]
+    loss_r = [r["loss"] for r in ev.read_metrics(str(root / "metrics.jsonl")) if r["event"] == "train"]
+    np.testing.assert_allclose(first, debiased_ema(np.asarray(loss_r, dtype=float), 0.3), rtol=1e-6)
     dash.grab().save(str(tmp_path / "dashboard-compare.png"))
     assert dash.tabs.currentWidget() is dash._compare_page
     dash.load_run(str(other))  # reopening one run shows its own curves, not the overlay
