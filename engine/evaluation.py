@@ -28,7 +28,8 @@ def standardize(bank: torch.Tensor, queries: torch.Tensor, eps: float = 1e-6) ->
     A BatchNorm without affine, fitted on the bank (MAE's linear probe, He et al. 2022, A.2):
     without it a few dimensions of very large variance decide the cosine similarity."""
     mu = bank.mean(dim=0, keepdim=True)  # [1, D]
-    sd = bank.std(dim=0, keepdim=True).clamp_min(eps)  # [1, D]
+    sd = (bank.var(dim=0, keepdim=True) + eps).sqrt()  # [1, D]; BatchNorm's sqrt(var + eps): a dead
+    # dimension is divided by 1e-3, not 1e-6 (a query's stray value there would swamp the rest)
     return (bank - mu) / sd, (queries - mu) / sd
 
 

@@ -47,7 +47,8 @@ def knn_top1(
             matrix under 2**24 elements).
 
     Weights are computed as ``exp((sim - max_sim) / t)`` per query: the same vote up to
-    a per-query factor, without overflow for small t.
+    a per-query factor, without overflow for small t. Non-finite features (a NaN row would be
+    every query's nearest neighbour) give NaN, not a misleading score.
     """
     if train_feats.dim() != 2 or test_feats.dim() != 2:
         raise ValueError("knn_top1 expects [N, D] features")
@@ -62,9 +63,12 @@ def knn_top1(
         queries = F.normalize(test_feats.to(device).float(), dim=1)  # queries: [M, D]
         bank_labels = train_labels.to(device=device, dtype=torch.long)  # [N]
         query_labels = test_labels.to(device=device, dtype=torch.long)  # [M]
-        lo_b, lo_q, hi_b, hi_q = torch.stack(
-            [bank_labels.min(), query_labels.min(), bank_labels.max(), query_labels.max()]
+        finite = torch.isfinite(bank).all() & torch.isfinite(queries).all()
+        lo_b, lo_q, hi_b, hi_q, ok = torch.stack(
+            [bank_labels.min(), query_labels.min(), bank_labels.max(), query_labels.max(), finite.long()]
         ).tolist()
+        if not ok:  # a NaN / inf feature would be every query's nearest neighbour: no score
+            return float("nan")
         if min(lo_b, lo_q) < 0:
             raise ValueError("knn_top1: labels must be >= 0 (unlabelled data cannot be scored)")
         if n_classes is None:
@@ -101,7 +105,7 @@ def collapse_indicators(z1: torch.Tensor, z2: torch.Tensor | None = None) -> dic
     * ``std_ref``: ``1/sqrt(d)``, the healthy reference for ``std``.
     * ``rank_me``: RankMe (Garrido et al. 2023), the effective rank of z1:
       ``exp(-sum p_k log p_k)``, ``p_k = s_k / sum(s) + 1e-7`` over the singular values s.
-      At most min(B, d); d for isotropic outputs (B >> d), 1 for rank-one outputs.
+      At most min(B, d) (``dim``); d for isotropic outputs (B >> d), 1 for rank-one outputs.
     * ``alignment`` (only with z2): Wang & Isola 2020, ``E ||f(x) - f(y)||^2`` over the
       positive pairs (rows of z1, z2 normalised), alpha = 2: 0 when views agree, at most 4.
     * ``uniformity`` (only with B >= 2): Wang & Isola 2020,
@@ -132,7 +136,9 @@ def collapse_indicators(z1: torch.Tensor, z2: torch.Tensor | None = None) -> dic
             names.append("uniformity")
             values.append(torch.pdist(zn, p=2).pow(2).mul(-2.0).exp().mean().log())
         out = torch.stack(values).cpu().tolist()  # the one host transfer
-    return dict(zip(names, out))
+    res = dict(zip(names, out))
+    res["dim"] = float(min(B, d))  # the largest rank_me possible: a batch of 2 has rank <= 2
+    return res
 
 
 def _rank_me(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

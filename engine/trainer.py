@@ -495,10 +495,11 @@ class Trainer:
             )
         epoch, lr, wd = self._acc_last
         now = time.time()
+        scalars = {k: (v / n).item() for k, v in self._acc_scalars.items()}
+        self._last_scalars = scalars
         self._emit(ev.StepMetrics(
             self.step, epoch=epoch, loss=loss, lr=lr, weight_decay=wd,
-            images_per_s=self.cfg.train.batch_size * n / max(1e-9, now - self._acc_t),
-            scalars={k: (v / n).item() for k, v in self._acc_scalars.items()},
+            images_per_s=self.cfg.train.batch_size * n / max(1e-9, now - self._acc_t), scalars=scalars,
         ))
         self._reset_acc()
 
@@ -524,6 +525,8 @@ class Trainer:
         pair = getattr(self, "_last_pair", None)
         if pair is not None:
             indicators = collapse_indicators(pair[0].float(), pair[1].float())
+        last = getattr(self, "_last_scalars", {})
+        indicators.update({k: last[k] for k in self.method.indicator_scalars if k in last})
         self.last_knn = knn
         if knn is not None and (self.best_knn is None or knn > self.best_knn):
             self.best_knn = knn

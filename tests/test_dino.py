@@ -318,5 +318,8 @@ def test_trains_through_the_trainer(dino_run) -> None:
         assert sc["kl"] > 0
     knn = [e for e in seen if isinstance(e, ev.Evaluation)][-1]
     assert 0 <= knn.knn_top1 <= 1 and {"std", "rank_me"} <= set(knn.indicators)
+    # the evaluation carries DINO's own collapse indicators (its plots and the collapse check read them)
+    assert knn.indicators["teacher_entropy"] == steps[-1].scalars["teacher_entropy"]
+    assert knn.indicators["entropy_ref"] == pytest.approx(math.log(256)) and "kl" in knn.indicators
     print(f"DINO 12 steps ({seconds:.0f} s): loss {steps[0].loss:.3f} -> {steps[-1].loss:.3f}, "
           f"kNN untrained {untrained:.3f} -> {knn.knn_top1:.3f}")

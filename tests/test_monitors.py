@@ -67,6 +67,21 @@ def test_knn_weighted_vote_hand_computed() -> None:
     assert knn_top1(tr, ytr, q, torch.tensor([0]), k=3, t=1e-3) == 1.0
 
 
+def test_knn_with_a_non_finite_feature_is_nan_not_a_score() -> None:
+    g = torch.Generator().manual_seed(0)
+    bank, q = torch.randn(50, 8, generator=g), torch.randn(10, 8, generator=g)
+    labels, q_labels = torch.arange(50) % 5, torch.arange(10) % 5
+    assert math.isfinite(knn_top1(bank, labels, q, q_labels, k=5))
+    bank[3, 2] = float("nan")  # an overflowed image: it would be every query's nearest neighbour
+    assert math.isnan(knn_top1(bank, labels, q, q_labels, k=5))
+
+
+def test_rank_me_bound_is_reported_for_tiny_batches() -> None:
+    ind = collapse_indicators(torch.randn(2, 64), torch.randn(2, 64))
+    assert ind["dim"] == 2.0 and ind["rank_me"] <= 2.0 + 1e-4  # two outputs cannot have rank above 2
+    assert collapse_indicators(torch.randn(256, 32))["dim"] == 32.0
+
+
 def test_knn_rejects_negative_labels() -> None:
     with pytest.raises(ValueError):
         knn_top1(torch.randn(4, 2), torch.tensor([0, 1, -1, 0]), torch.randn(2, 2), torch.tensor([0, 1]))

@@ -100,6 +100,9 @@ class Method(nn.Module):
     live_params: ClassVar[tuple[str, ...]] = ()
     # kNN on per-dimension standardised features when eval.standardize is empty (see EvalConfig)
     standardize_features: ClassVar[bool] = False
+    # step scalars that are collapse indicators too: each evaluation carries their latest values
+    # (DINO: teacher entropy, log K, KL), so the collapse check and its plots see them
+    indicator_scalars: ClassVar[tuple[str, ...]] = ()
     # the step where the run's LR / weight-decay schedule (warm-up, cosine) begins; before it the
     # scheduled groups get LR 0 (BEiT: its encoder starts after the tokenizer stage)
     schedule_start: int = 0

@@ -84,6 +84,7 @@ class DINO(Method):
         "of a momentum teacher that sees only the global crops."
     )
     Params = DINOParams
+    indicator_scalars = ("teacher_entropy", "entropy_ref", "kl")  # DINO section 5.3
     live_params = ("student_temp", "teacher_temp", "warmup_teacher_temp", "center_momentum", "momentum_teacher")
 
     def __init__(self, cfg, image_size: int) -> None:

@@ -194,10 +194,15 @@ class MoCoV1(Method):
 
     @torch.no_grad()
     def _monitors(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Mean positive cosine, mean hardest-negative cosine (real keys only), queue fill (0-dim tensors)."""
-        q = F.normalize(q.float(), dim=1)  # q: [B, d]
+        """Mean positive cosine, mean hardest-negative cosine (real keys only), queue fill (0-dim tensors);
+        in float32 (the step runs under bf16 autocast on CUDA)."""
+        with torch.autocast(q.device.type, enabled=False):
+            return self._monitors_fp32(q.float(), k.float(), queue.float())
+
+    def _monitors_fp32(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> dict[str, torch.Tensor]:
+        q = F.normalize(q, dim=1)  # q: [B, d]
         pos = (q * k).sum(dim=1).mean()
-        sim = q @ queue.float().T  # [B, K]
+        sim = q @ queue.T  # [B, K]
         real = torch.arange(queue.shape[0], device=q.device) < self.queue.count  # filled rows are first
         hard = sim.masked_fill(~real, -1.0).max(dim=1).values.mean()  # -1 while the queue is empty
         fill = self.queue.count.float() / self.queue.size

@@ -32,7 +32,7 @@ __all__ = ["Dashboard"]
 
 
 # indicator keys drawn by the fixed plots; any other indicator gets its own plot
-_KNOWN_INDICATORS = ("std", "std_ref", "rank_me", "alignment", "uniformity", "teacher_entropy",
+_KNOWN_INDICATORS = ("std", "std_ref", "rank_me", "dim", "alignment", "uniformity", "teacher_entropy",
                      "entropy_ref", "kl")
 _COLLAPSE_HELP = (
     "Collapse rules: std of L2-normalised outputs < 0.2 × 1/√d; effective rank (RankMe) < 2 "
@@ -193,7 +193,7 @@ class Dashboard(QtWidgets.QWidget):
         eg.addStretch(1)
         self.knn_plot = self._add_plot("knn", make_plot("kNN top-1", "top-1"), curve=True)
         self.std_plot = self._add_plot("std", make_plot("Std of L2-normalised outputs (dashed: 1/√d)", "std"), curve=True)
-        self.rank_plot = self._add_plot("rank_me", make_plot("Effective rank (RankMe)", "rank"), curve=True)
+        self.rank_plot = self._add_plot("rank_me", make_plot("Effective rank (RankMe; dashed: min(batch, d))", "rank"), curve=True)
         self.au_plot = self._add_plot("alignment_uniformity", make_plot("Alignment / uniformity", ""), curve=True)
         self.au_plot.getPlotItem().addLegend(offset=(-10, 10))
         self.ent_plot = self._add_plot("teacher_entropy", make_plot("Teacher entropy (dashed: log K)", "nats"), curve=True)
@@ -509,6 +509,8 @@ class Dashboard(QtWidgets.QWidget):
                                                                   symbolBrush=PALETTE[5]), buf))
             elif k == "entropy_ref":
                 self._eval_lines.append(_Line(self.ent_plot.plot(pen=ref_pen()), buf))
+            elif k == "dim":  # the largest rank possible, min(batch, d): RankMe's reference line
+                self._eval_lines.append(_Line(self.rank_plot.plot(pen=ref_pen()), buf))
             elif k == "kl":
                 self._eval_lines.append(_Line(self.kl_plot.plot(pen=pen(6), symbol="o", symbolSize=4,
                                                                  symbolBrush=PALETTE[6]), buf))

@@ -159,6 +159,7 @@ def test_collapse_rules():
     assert collapse_message({**HEALTHY, "std": 0.2 * HEALTHY["std_ref"] * 1.1}) is None
     assert "rank" in collapse_message({**HEALTHY, "rank_me": 1.3})
     assert collapse_message({"rank_me": 1.3, "std": 0.5, "std_ref": 0.5}) is None  # d = 4: few dims
+    assert collapse_message({**HEALTHY, "rank_me": 1.3, "dim": 2.0}) is None  # a batch of 2: rank <= 2 anyway
     logk = math.log(4096)
     assert "one-hot" in collapse_message({**DINO_HEALTHY, "teacher_entropy": 0.01 * logk, "kl": 0.0})
     assert "uniform" in collapse_message({**DINO_HEALTHY, "teacher_entropy": 0.99 * logk, "kl": 1e-5})
