@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import device_name  # noqa: E402
+from bench.common import step_weighted_rate  # noqa: E402
 from engine import events as ev  # noqa: E402
 from engine.config import validate_config  # noqa: E402
 from engine.fileio import atomic_write_text  # noqa: E402
@@ -81,7 +82,7 @@ def run_method(method: str, args, source: str) -> dict:
         row["epochs"] = round(steps[-1].step / started.steps_per_epoch, 2)
     row.update(status=getattr(fin, "status", None), steps=getattr(fin, "step", None),
                knn_top1=getattr(fin, "knn_top1", None),
-               images_per_s=_mean_rate([e.images_per_s for e in steps[1:] or steps]),
+               images_per_s=_mean_rate([(e.step, e.images_per_s) for e in steps]),
                final_loss=steps[-1].loss if steps else None)
     if row["status"] != "completed":
         errors = [e.message for e in seen if isinstance(e, ev.Error)]
@@ -89,10 +90,10 @@ def run_method(method: str, args, source: str) -> dict:
     return row
 
 
-def _mean_rate(rates: list[float]) -> float | None:
-    """Harmonic mean of equal-length windows: total images / total time."""
-    rates = [r for r in rates if r > 0]
-    return round(len(rates) / sum(1.0 / r for r in rates), 1) if rates else None
+def _mean_rate(windows: list[tuple[int, float]]) -> float | None:
+    """Total images / total time over the StepMetrics windows (each weighted by its steps)."""
+    r = step_weighted_rate(windows)
+    return round(r, 1) if r is not None else None
 
 
 def markdown(result: dict) -> str:
@@ -131,13 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     source = "shapes" if args.small else args.data
     result = {"benchmark": "cifar10_knn_resnet18_cifarstem", "device": device_name(torch.device("cuda" if cuda else "cpu")),
               "torch": torch.__version__, "batch_size": args.batch_size, "data": source, "rows": []}
+    out = Path(args.out)
+    path = out / f"cifar10-accuracy-{'cpu-smoke' if args.small else 'cuda'}.json"
     for m in args.methods:
         row = run_method(m, args, source)
         result["rows"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    out = Path(args.out)
-    path = out / f"cifar10-accuracy-{'cpu-smoke' if args.small else 'cuda'}.json"
-    atomic_write_text(path, json.dumps(result, indent=1))
+        atomic_write_text(path, json.dumps(result, indent=1))  # after every method: a killed run keeps the rows
     print(markdown(result))
     return 0 if all("error" not in r for r in result["rows"]) else 1
 

@@ -519,7 +519,7 @@ def run_ours(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
     from engine.trainer import Trainer
 
     class _BenchTrainer(Trainer):
-        def _final_eval_and_save(self) -> None:  # after the timed steps: not part of the measurement
+        def _final_save_and_eval(self) -> None:  # after the timed steps: not part of the measurement
             pass
 
     marks: list[tuple[int, float]] = []
@@ -967,7 +967,9 @@ def run_lightly(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
     bs = sz["batch"]
     e2e = spec.kind == "resnet"
     warmup = args.warmup + (args.workers * args.prefetch_factor if e2e and args.workers > 0 else 0)
-    total = warmup + args.steps + 2
+    # DataLoader workers deliver whole batches in waves of `workers`: time several waves (on CUDA)
+    timed = max(args.steps, 6 * args.workers) if e2e and args.cuda and args.workers > 0 else args.steps
+    total = warmup + timed + 2
     anchor = lightly_anchor(spec, args, sz, total, dev)
     model, opt = anchor.model, anchor.optimizer
     model.train()
@@ -1034,7 +1036,7 @@ def run_lightly(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
 
     _reset_peak(args)
     try:
-        ips = _time(step, _timing(args, warmup=warmup, batch=bs), cuda)
+        ips = _time(step, _timing(args, steps=timed, warmup=warmup, batch=bs), cuda)
         res = {"images_per_s": ips, "peak_mem_gb": _peak_gb(args), "lightly_version": lightly.__version__,
                "warmup_steps": warmup, "optimizer": spec.lightly_optimizer, "includes": spec.anchor}
         if e2e:
@@ -1231,6 +1233,15 @@ def main(argv: list[str] | None = None) -> int:
           f"warmup={args.warmup}, out={args.out}", file=sys.stderr, flush=True)
     names = args.only or BENCHES
     failed = 0
+    combined: dict[str, Any] = {"device": device_name(_dev(args)), "torch": torch.__version__, "results": {}}
+    tag = "cuda" if args.cuda else "cpu"
+    combined_path = Path(args.out) / f"methods-{tag}{'-compiled' if args.compile else ''}.json"
+
+    def keep(res: dict) -> None:  # one file with every benchmark so far: a device call returns few files
+        combined["results"][res.get("benchmark", name)] = res
+        with contextlib.suppress(Exception):
+            atomic_write_json(combined_path, combined)
+
     for name in names:
         timeout = args.bench_timeout * (0.6 if SPECS[name].kind == "resnet" else 1.0) or None
         if args.budget_s:
@@ -1238,12 +1249,14 @@ def main(argv: list[str] | None = None) -> int:
             if left < 15:
                 res = {"benchmark": name, "device": device_name(_dev(args)), "skipped": "out of the run's time budget"}
                 atomic_write_json(result_path(args, name), res)
+                keep(res)
                 print(json.dumps(res), flush=True)
                 failed += 1
                 continue
             timeout = min(timeout, left) if timeout else left
         try:
             res = run_bench(name, args, parts=args.parts, timeout=timeout)
+            keep({"benchmark": name, **res})
             failed += not res.get("ok")
         except BaseException as e:  # noqa: BLE001 - keep going with the other benchmarks
             if isinstance(e, KeyboardInterrupt):
@@ -1252,6 +1265,7 @@ def main(argv: list[str] | None = None) -> int:
                    "traceback": traceback.format_exc().strip().splitlines()[-6:]}
             with contextlib.suppress(Exception):
                 atomic_write_json(result_path(args, name), res)
+            keep(res)
             print(json.dumps(res), flush=True)
             failed += 1
     return 1 if failed else 0

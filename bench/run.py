@@ -32,6 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import step_weighted_rate  # noqa: E402
+from engine.fileio import atomic_write_text  # noqa: E402
 from engine import events as ev  # noqa: E402
 from engine.config import validate_config  # noqa: E402
 from engine.data import DataSplits, ImageSet, load_dataset  # noqa: E402
@@ -77,15 +79,18 @@ def bench_ours(args, data: DataSplits) -> dict:
 
     from engine.trainer import Trainer
 
+    class _BenchTrainer(Trainer):
+        def _final_save_and_eval(self) -> None:  # after the timed steps (a compiled model would recompile)
+            pass
+
     cfg = validate_config(simclr_cfg(args, args.warmup + args.steps))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        Trainer(cfg, Path(tmp) / "run", listeners=(listen,), data=data).run()
+        _BenchTrainer(cfg, Path(tmp) / "run", listeners=(listen,), data=data).run()
         wall = time.time() - t0
     timed = [r for s, r in rates if s > args.warmup]
-    # harmonic mean of equal-length windows = total images / total time
-    ips = len(timed) / sum(1.0 / r for r in timed) if timed else float("nan")
-    return {"images_per_s": ips, "windows": len(timed), "wall_s": wall}
+    ips = step_weighted_rate(rates, after_step=args.warmup)  # total images / total time
+    return {"images_per_s": ips if ips is not None else float("nan"), "windows": len(timed), "wall_s": wall}
 
 
 def bench_model_only(args, data: DataSplits) -> dict:
@@ -196,8 +201,11 @@ def bench_lightly(args, data: DataSplits) -> dict:
         loss.backward()
         opt.step()
 
-    return {"images_per_s": _time(step, args, cuda), "lightly_version": lightly.__version__,
-            "workers": args.workers}
+    # the workers fill 2 batches each before the first is taken: warm up past that, and time
+    # several waves of `workers` batches
+    timing = argparse.Namespace(warmup=args.warmup + 2 * args.workers, steps=max(args.steps, 6 * args.workers))
+    return {"images_per_s": _time(step, timing, cuda), "lightly_version": lightly.__version__,
+            "workers": args.workers, "warmup_steps": timing.warmup, "timed_steps": timing.steps}
 
 
 def main() -> int:
@@ -238,21 +246,23 @@ def main() -> int:
         "data": data.name,
         "n_images": len(data.train),
     }
+    out = Path(args.out)
+    tag = "cuda" if cuda else "cpu"
+    path = out / f"simclr-{tag}{'-compiled' if args.compile else ''}.json"
     for name in args.only:
         fn = {"ours": bench_ours, "model_only": bench_model_only, "lightly": bench_lightly}[name]
         t = time.time()
-        result[name] = fn(args, data)
+        try:
+            result[name] = fn(args, data)
+        except Exception as e:  # noqa: BLE001 - one failing part must not lose the others
+            result[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
         result[name]["seconds"] = round(time.time() - t, 1)
         print(name, json.dumps(result[name]), file=sys.stderr, flush=True)
-    ours = result.get("ours", {}).get("images_per_s")
-    anchor = result.get("lightly", {}).get("images_per_s")
-    if ours and anchor:
-        result["ratio_ours_to_lightly"] = ours / anchor
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if cuda else "cpu"
-    path = out / f"simclr-{tag}{'-compiled' if args.compile else ''}.json"
-    path.write_text(json.dumps(result, indent=1))
+        ours = result.get("ours", {}).get("images_per_s")
+        anchor = result.get("lightly", {}).get("images_per_s")
+        if ours and anchor:
+            result["ratio_ours_to_lightly"] = ours / anchor
+        atomic_write_text(path, json.dumps(result, indent=1))  # after every part: a killed run keeps the rest
     print(json.dumps(result))
     return 0
 

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import step_weighted_rate  # noqa: E402
 from engine import events as ev  # noqa: E402
 from engine.config import RunConfig, load_yaml, validate_config  # noqa: E402
 from engine.fileio import atomic_write_text  # noqa: E402
@@ -63,8 +64,7 @@ def finalise(raw: dict, steps: int, log_every: int) -> RunConfig:
 
 
 def rate(events: list[ev.Event], warmup: int) -> float | None:
-    rates = [e.images_per_s for e in events if isinstance(e, ev.StepMetrics) and e.step > warmup and e.images_per_s > 0]
-    return len(rates) / sum(1.0 / r for r in rates) if rates else None
+    return step_weighted_rate([(e.step, e.images_per_s) for e in events if isinstance(e, ev.StepMetrics)], warmup)
 
 
 def run_headless(cfg: RunConfig, out: Path) -> list[ev.Event]:
@@ -147,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
                 seen = run_headless(cfg, tmp / f"headless-{i}")
                 status = next((e.status for e in reversed(seen) if isinstance(e, ev.Finished)), "none")
             else:
-                seen, status = run_studio(cfg, tmp / "studio-runs", args.timeout)
+                try:
+                    seen, status = run_studio(cfg, tmp / "studio-runs", args.timeout)
+                except Exception as e:  # noqa: BLE001 - e.g. no Qt on the machine: keep the headless runs
+                    seen, status = [], f"studio failed: {type(e).__name__}: {str(e)[:300]}"
             r = {"kind": kind, "images_per_s": rate(seen, warmup), "status": status, "wall_s": round(time.time() - t0, 1)}
             result["runs"].append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)

@@ -33,3 +33,12 @@ def test_markdown_table_names_epochs_device_and_reference() -> None:
         {"method": "byol", "epochs": 20, "error": "CUDA out of memory", "lightly_200_epochs": 0.868}]})
     assert "| simclr | 20 | 0.701 | 0.848 | 1.5 min | NVIDIA H100 |" in table
     assert "| byol | 20 | CUDA out of memory | 0.868 | - | NVIDIA H100 |" in table
+
+
+def test_step_weighted_rate_weights_each_window_by_its_steps():
+    from bench.common import step_weighted_rate
+
+    # windows end at steps 10 (warm-up), 30 (20 steps at 200/s) and 32 (2 steps at 50/s)
+    windows = [(10, 100.0), (30, 200.0), (32, 50.0)]
+    assert step_weighted_rate(windows, after_step=10) == pytest.approx(22 / (20 / 200 + 2 / 50))
+    assert step_weighted_rate(windows, after_step=40) is None
