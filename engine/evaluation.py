@@ -46,25 +46,34 @@ def knn_evaluate(
     test = data.test
     if data.train.labels is None or test is None or test.labels is None:
         return None, None, None
+    fb, fq, bank_idx, q_idx = eval_features(method, data, cfg, device, autocast_dtype)
+    if standardize_features(method, cfg):
+        fb, fq = standardize(fb, fq)
+    acc = knn_top1(fb, data.train.labels[bank_idx].to(device), fq,
+                   test.labels[q_idx].to(device), k=cfg.eval.knn_k, t=cfg.eval.knn_t,
+                   n_classes=len(data.train.classes))
+    return float(acc), pca_2d(fq), test.labels[q_idx].numpy()
+
+
+@torch.no_grad()
+def eval_features(method: Method, data: DataSplits, cfg: RunConfig, device: torch.device, autocast_dtype=None,
+                  should_stop=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``method.embed`` features (float32) of the fixed evaluation subsets, in eval mode (restored
+    after): up to ``eval.max_bank`` training images and ``eval.max_queries`` test images, the same
+    every call (seeded), so successive evaluations compare. -> (bank, queries, bank_idx, q_idx)."""
     was_training = method.training
     method.eval()
     try:
         size = cfg.aug.global_crops.size or data.image_size
         g = torch.Generator().manual_seed(12345)
         bank_idx = _subsample(len(data.train), cfg.eval.max_bank, g)
-        q_idx = _subsample(len(test), cfg.eval.max_queries, g)
+        q_idx = _subsample(len(data.test), cfg.eval.max_queries, g)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             fb = extract_features(method.embed, data.train.images[bank_idx], 256, device,
-                                  cfg.aug.mean, cfg.aug.std, size=size)
-            fq = extract_features(method.embed, test.images[q_idx], 256, device,
-                                  cfg.aug.mean, cfg.aug.std, size=size)
-        fb, fq = fb.float(), fq.float()
-        if standardize_features(method, cfg):
-            fb, fq = standardize(fb, fq)
-        acc = knn_top1(fb, data.train.labels[bank_idx].to(device), fq,
-                       test.labels[q_idx].to(device), k=cfg.eval.knn_k, t=cfg.eval.knn_t,
-                       n_classes=len(data.train.classes))
-        return float(acc), pca_2d(fq), test.labels[q_idx].numpy()
+                                  cfg.aug.mean, cfg.aug.std, size=size, should_stop=should_stop)
+            fq = extract_features(method.embed, data.test.images[q_idx], 256, device,
+                                  cfg.aug.mean, cfg.aug.std, size=size, should_stop=should_stop)
+        return fb.float(), fq.float(), bank_idx, q_idx
     finally:
         method.train(was_training)
 
@@ -121,20 +130,7 @@ def linear_probe_evaluate(
     test = data.test
     if data.train.labels is None or test is None or test.labels is None:
         return None
-    was_training = method.training
-    method.eval()
-    try:
-        size = cfg.aug.global_crops.size or data.image_size
-        g = torch.Generator().manual_seed(12345)
-        bank_idx = _subsample(len(data.train), cfg.eval.max_bank, g)
-        q_idx = _subsample(len(test), cfg.eval.max_queries, g)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            ft = extract_features(method.embed, data.train.images[bank_idx], 256, device,
-                                  cfg.aug.mean, cfg.aug.std, size=size, should_stop=should_stop)
-            fq = extract_features(method.embed, test.images[q_idx], 256, device,
-                                  cfg.aug.mean, cfg.aug.std, size=size, should_stop=should_stop)
-    finally:
-        method.train(was_training)
+    ft, fq, bank_idx, q_idx = eval_features(method, data, cfg, device, autocast_dtype, should_stop)
     with torch.enable_grad():
         res = fit_linear_probe(ft.float(), data.train.labels[bank_idx].to(device), fq.float(),
                                test.labels[q_idx].to(device), len(data.train.classes), epochs=epochs, lr=lr,

@@ -59,11 +59,7 @@ class RunDir:
         return self.root / "linear_probe.json"
 
     def read_linear_probe(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.linear_probe.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return _read_json_dict(self.linear_probe)
 
     def write_linear_probe(self, data: dict[str, Any]) -> None:
         atomic_write_text(self.linear_probe, json.dumps(data, indent=1, default=str))
@@ -73,11 +69,7 @@ class RunDir:
         return self.root / "run.lock"
 
     def read_summary(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.summary.read_text())
-        except (OSError, ValueError):  # missing, unreadable, half-copied
-            return {}
-        return data if isinstance(data, dict) else {}
+        return _read_json_dict(self.summary)
 
     def write_summary(self, data: dict[str, Any]) -> None:
         atomic_write_text(self.summary, json.dumps(data, indent=1, default=str))
@@ -141,6 +133,15 @@ def _alive(pid: int, host: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _read_json_dict(path: Path) -> dict[str, Any]:
+    """A JSON object file, or {} when missing, unreadable, half-copied or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _remove_if_empty(folder: Path) -> None:
