@@ -203,7 +203,8 @@ def bench_lightly(args, data: DataSplits) -> dict:
 
     # the workers fill 2 batches each before the first is taken: warm up past that, and time
     # several waves of `workers` batches
-    timing = argparse.Namespace(warmup=args.warmup + 2 * args.workers, steps=max(args.steps, 6 * args.workers))
+    timing = argparse.Namespace(warmup=args.warmup + 2 * args.workers, steps=max(args.steps, 6 * args.workers),
+                                batch_size=args.batch_size)
     return {"images_per_s": _time(step, timing, cuda), "lightly_version": lightly.__version__,
             "workers": args.workers, "warmup_steps": timing.warmup, "timed_steps": timing.steps}
 

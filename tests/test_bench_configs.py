@@ -42,3 +42,13 @@ def test_step_weighted_rate_weights_each_window_by_its_steps():
     windows = [(10, 100.0), (30, 200.0), (32, 50.0)]
     assert step_weighted_rate(windows, after_step=10) == pytest.approx(22 / (20 / 200 + 2 / 50))
     assert step_weighted_rate(windows, after_step=40) is None
+
+
+def test_run_py_lightly_anchor_runs_at_smoke_size():
+    pytest.importorskip("lightly")  # a bench-only extra: skipped where it is not installed (CI)
+    from bench.run import bench_lightly, make_data
+
+    args = argparse.Namespace(batch_size=8, steps=2, warmup=1, workers=0, precision="fp32", device="cpu",
+                              n_images=64, data=None, cache_dir=None)
+    res = bench_lightly(args, make_data(args))
+    assert res["images_per_s"] > 0 and res["timed_steps"] == 2 and res["warmup_steps"] == 1
