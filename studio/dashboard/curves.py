@@ -163,6 +163,34 @@ def collapse_message(indicators: Mapping[str, Any]) -> str | None:
     return "Collapse: " + "; ".join(reasons)
 
 
+STICKY_GROW = 0.2  # an auto-range that must grow adds this fraction of the data span on that side
+STICKY_KEEP = 0.5  # ... and is kept while the data fill at least this fraction of it
+
+
+def sticky_range(lo: float, hi: float, current: tuple[float, float], padding: float = 0.02,
+                 grow: float = STICKY_GROW, keep: float = STICKY_KEEP) -> tuple[float, float] | None:
+    """The next auto-range of a live curve whose data span [lo, hi], or None to keep ``current``.
+
+    A range fitted exactly to the data changes on every redraw of a growing curve, and each change
+    makes pyqtgraph regenerate and repaint the axes, the larger part of a redraw (measured on 2 CPU
+    cores: 50 ms a redraw of the training tab, 35 of them the axes). So the range is kept while it
+    holds all the data and the data fill at least ``keep`` of it; when a side must grow it grows
+    past the data by ``grow`` of the span, so a steadily growing curve changes its range about 12
+    times per tenfold growth instead of every redraw. A side that did not overflow is fitted with
+    the usual ``padding``."""
+    span = hi - lo
+    c0, c1 = current
+    if c0 <= lo and hi <= c1 and span >= keep * (c1 - c0):
+        return None
+    if span <= 0:
+        half = 0.5 * abs(lo) if lo else 0.5
+        return lo - half, hi + half
+    pad = padding * span
+    new_lo = lo - pad - (grow * span if lo < c0 else 0.0)
+    new_hi = hi + pad + (grow * span if hi > c1 else 0.0)
+    return new_lo, new_hi
+
+
 # ---------------------------------------------------------------------------- widgets
 
 import pyqtgraph as pg  # noqa: E402
@@ -179,9 +207,40 @@ def set_title(w: pg.PlotWidget, title: str) -> None:
     w.getPlotItem().setTitle(title, color="#ddd" if is_dark() else "#222", size="10pt")
 
 
+class StickyViewBox(pg.ViewBox):
+    """A ViewBox whose auto-range moves in steps (:func:`sticky_range`), not on every new point.
+
+    Only the automatic range changes; zooming or panning by hand turns it off as usual and the
+    "A" button turns it back on."""
+
+    def updateAutoRange(self) -> None:  # noqa: N802 (pyqtgraph's name)
+        if self._updatingRange:
+            return
+        auto = self.state["autoRange"]
+        if not any(auto) or any(self.state["autoVisibleOnly"]) or any(self.state["autoPan"]):
+            return super().updateAutoRange()  # the modes this class does not handle
+        self._updatingRange = True
+        try:
+            bounds = self.childrenBounds()
+            current = self.viewRange()
+            args: dict[str, Any] = {}
+            for ax, key in ((0, "xRange"), (1, "yRange")):
+                b = bounds[ax]
+                if auto[ax] is False or b is None or not all(math.isfinite(v) for v in b):
+                    continue
+                r = sticky_range(float(b[0]), float(b[1]), tuple(current[ax]), self.suggestPadding(ax))
+                if r is not None:
+                    args[key] = r
+            if args:
+                self.setRange(**args, padding=0.0, disableAutoRange=False)
+        finally:
+            self._autoRangeNeedsUpdate = False
+            self._updatingRange = False
+
+
 def make_plot(title: str, y_label: str = "", x_label: str = "step") -> pg.PlotWidget:
     dark = is_dark()
-    w = pg.PlotWidget(background="#1f2023" if dark else "w")
+    w = pg.PlotWidget(background="#1f2023" if dark else "w", viewBox=StickyViewBox())
     w.setMinimumHeight(170)
     pi = w.getPlotItem()
     set_title(w, title)
@@ -199,6 +258,10 @@ def make_plot(title: str, y_label: str = "", x_label: str = "step") -> pg.PlotWi
     for ax in ("left", "bottom"):
         pi.getAxis(ax).setTextPen("#ccc" if dark else "#333")
         pi.getAxis(ax).setPen("#888")
+        # axes are replayed from a QPicture on every repaint of the area they cover (the left axis
+        # covers the plot: it draws the grid), and the replay lays the tick labels out anew:
+        # about 3 ms an axis. A device-pixmap cache makes it a blit until the axis changes.
+        pi.getAxis(ax).setCacheMode(QtWidgets.QGraphicsItem.CacheMode.DeviceCoordinateCache)
     return w
 
 
@@ -231,6 +294,13 @@ class SmoothedCurve:
         self.buf = buf
         self.raw = plot.plot(pen=pen(color, 1.0, 70))
         self.smooth = plot.plot(pen=pen(color, width), name=name)
+        # about one point per pixel column (pyqtgraph's default keeps ~5): the raw curve keeps each
+        # column's min and max, the smooth one needs no more; the bold smooth curve is stroked per
+        # segment, so this is most of a long run's redraw (measured: 9 -> 2 ms at 12,000 steps)
+        self.raw.setDownsampling(auto=True, method="peak")
+        self.smooth.setDownsampling(auto=True, method="subsample")
+        for item in (self.raw, self.smooth):
+            item.opts["autoDownsampleFactor"] = 1.0
         self._alpha = 0.6
         self._state = EmaState(self._alpha)
         self._smoothed = SeriesBuffer()

@@ -14,7 +14,9 @@ pytest.importorskip("pyqtgraph")
 
 from engine import events as ev  # noqa: E402
 from studio.dashboard import Dashboard  # noqa: E402
-from studio.dashboard.curves import EmaState, SeriesBuffer, collapse_message, debiased_ema  # noqa: E402
+from studio.dashboard.curves import (  # noqa: E402
+    EmaState, SeriesBuffer, collapse_message, debiased_ema, sticky_range,
+)
 from studio.dashboard.images import (  # noqa: E402
     SnapshotHistory, Snapshot, attention_columns, attention_threshold, column_order, mosaic, to_rgb_uint8,
 )
@@ -148,6 +150,47 @@ def test_series_buffer_grows_and_truncates_on_resume():
     assert len(b) == 10 and b.y[-1] == 18.0
     b.append(6, -1.0)  # a resumed run restarts from its checkpoint at step 6
     assert b.x.tolist() == [0, 1, 2, 3, 4, 5, 6] and b.y[-1] == -1.0 and b.truncated
+
+
+def test_sticky_range_grows_in_steps_and_always_holds_the_data():
+    # a range holding the data, which fill at least half of it, is kept
+    assert sticky_range(1.0, 100.0, (0.0, 110.0)) is None
+    # data past the top: fitted with padding below, grown by 20 % of the span above
+    lo, hi = sticky_range(1.0, 120.0, (0.0, 110.0), padding=0.02)
+    assert lo == pytest.approx(1.0 - 0.02 * 119) and hi == pytest.approx(120.0 + 0.02 * 119 + 0.2 * 119)
+    # data that shrank to less than half of the range (a cleared or resumed curve): fitted again
+    lo, hi = sticky_range(10.0, 20.0, (0.0, 110.0), padding=0.0)
+    assert (lo, hi) == (10.0, 20.0)
+    # a constant series gets a visible range around its value
+    lo, hi = sticky_range(0.05, 0.05, (0.0, 1.0 / 1e9))
+    assert lo < 0.05 < hi
+    # a steadily growing curve (steps 1..100,000): every point inside the range, few range changes
+    cur, changes = (0.0, 1.0), 0
+    for hi in np.geomspace(2, 1e5, 2000):
+        r = sticky_range(1.0, float(hi), cur)
+        if r is not None:
+            cur, changes = r, changes + 1
+        assert cur[0] <= 1.0 and hi <= cur[1] and (hi - 1.0) >= 0.5 * (cur[1] - cur[0])
+    assert changes <= 12 * 5 + 2  # about 12 per tenfold growth, not one per redraw (2,000 here)
+
+
+def test_live_curves_keep_their_range_between_redraws_and_show_every_point(dash, qtbot, tmp_path):
+    """The loss plot's axes are not re-laid out on every redraw of a growing run (that was most of
+    the GUI thread's time), yet no point ever falls outside the view."""
+    dash.tabs.setCurrentIndex(0)
+    events = _stream(str(tmp_path / "run-sticky"), steps=400, eval_every=1000)
+    vb = dash.plots["loss"].getPlotItem().getViewBox()
+    ranges = []
+    for i in range(1, len(events), 10):
+        dash.handle_events(events[i:i + 10])
+        dash.flush()
+        (x0, x1), (y0, y1) = vb.viewRange()
+        xs, ys = dash.series("loss")
+        assert x0 <= xs.min() and xs.max() <= x1 and y0 <= ys.min() and ys.max() <= y1
+        ranges.append(((x0, x1), (y0, y1)))
+    changes = sum(a != b for a, b in zip(ranges, ranges[1:]))
+    assert changes < len(ranges) // 3, (changes, len(ranges))
+    assert vb.autoRangeEnabled()[0] and vb.autoRangeEnabled()[1]
 
 
 def test_collapse_rules():
