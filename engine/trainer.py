@@ -32,7 +32,7 @@ from .checkpoint import config_differences, load_checkpoint, save_checkpoint
 from .config import OptimConfig, RunConfig, live_keys, total_steps, validate_config
 from .data import DataSplits, load_dataset
 from .data.stream import BatchStream
-from .errors import CheckpointError, ConfigError, DataError, TrainingError, UserError
+from .errors import Cancelled, CheckpointError, ConfigError, DataError, TrainingError, UserError
 from .methods import create_method
 from .methods.base import Batch, Method
 from .evaluation import knn_evaluate, standardize_features
@@ -150,6 +150,9 @@ class Trainer:
             status = "stopped" if self._stop.is_set() and self.step < self.total else "completed"
             self._final_save_and_eval()
             return self._finish(status, t0)
+        except Cancelled:  # Stop pressed while the data were still loading: nothing to train or save
+            self._emit(ev.RunWarning(self.step, message="stopped while loading the data; nothing was trained"))
+            return self._finish("stopped", t0)
         except KeyboardInterrupt:
             self._fail(f"interrupted at step {self.step}; the last checkpoint is kept", "interrupted", t0)
             raise
@@ -246,7 +249,7 @@ class Trainer:
         np.random.seed(cfg.train.seed % 2**32)
 
         # data
-        data = self._data or load_dataset(cfg.data)
+        data = self._data or load_dataset(cfg.data, should_stop=self._stop.is_set)
         self.data = data
         n_train = len(data.train)
         if n_train < cfg.train.batch_size:

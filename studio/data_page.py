@@ -128,11 +128,14 @@ class DataLoader(QThread):
 
     def run(self) -> None:
         from engine.data import load_dataset
-        from engine.errors import UserError
+        from engine.errors import Cancelled, UserError
 
         key = self.data_cfg.model_dump(mode="json")
-        try:
-            splits = load_dataset(self.data_cfg)
+        try:  # superseded or closing: requestInterruption() ends the decode at the next chunk
+            splits = load_dataset(self.data_cfg, should_stop=self.isInterruptionRequested)
+        except Cancelled:
+            self.done.emit(None, key, "cancelled")
+            return
         except UserError as e:
             self.done.emit(None, key, str(e))
             return
@@ -443,8 +446,9 @@ class DataPage(QWidget):
             self._set_status(f"Loaded {self.splits.name}.")
             return
         if self.loader is not None and self.loader.isRunning():
-            self.loader.done.disconnect()  # superseded: let it finish, ignore its result
-            self._old_loaders.append(self.loader)
+            self.loader.done.disconnect()  # superseded: stop it at its next chunk, ignore its result
+            self.loader.requestInterruption()
+            self._old_loaders = [t for t in self._old_loaders if t.isRunning()] + [self.loader]
         self._attempted_key = data_cfg.model_dump(mode="json")
         self._stale = False
         self._set_status(f"Loading {data_cfg.source} …")
@@ -472,11 +476,15 @@ class DataPage(QWidget):
         return None
 
     def shutdown(self) -> None:
-        """Wait for the background threads (window closing)."""
+        """Stop the background threads and wait for them (window closing): a dataset load ends at
+        its next decoded chunk, not after the whole dataset."""
         self._debounce.stop()
         self._reload.stop()
-        for t in (self.loader, self.preview_job, *self._old_loaders):
-            if t is not None and t.isRunning():
+        threads = [t for t in (self.loader, self.preview_job, *self._old_loaders) if t is not None]
+        for t in threads:
+            t.requestInterruption()
+        for t in threads:
+            if t.isRunning():
                 t.wait()
         self._old_loaders.clear()
 

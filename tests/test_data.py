@@ -302,6 +302,46 @@ def test_cache_reuses_without_decoding(tmp_path: Path, monkeypatch) -> None:
     assert len(calls) > n_calls
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["serial", "pool"])
+def test_a_load_stops_between_chunks_when_asked_and_writes_no_cache(tmp_path: Path, monkeypatch, workers) -> None:
+    """A closing window or a Stop ends a long decode at the next chunk (not after the whole
+    dataset), with Cancelled, and leaves no cache behind that a later load would trust."""
+    from engine.errors import Cancelled
+
+    root = _class_folder(tmp_path / "big", ("a", "b"), per_class=12)
+    monkeypatch.setattr(folder_mod, "SERIAL_MAX_FILES", 4)
+    monkeypatch.setattr(folder_mod, "TASK_FILES", 3)
+    decoded = []
+    if workers == 1:  # serial chunks are 1024 files: make them small too; count what is decoded
+        real, real_chunks = folder_mod._decode_chunk, folder_mod._chunks
+        monkeypatch.setattr(folder_mod, "_chunks", lambda items, n, b: real_chunks(items, 3, b))
+        monkeypatch.setattr(folder_mod, "_decode_chunk", lambda items, size: decoded.append(len(items)) or real(items, size))
+    asked = []
+
+    def stop_after_two() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    cfg = _cfg(root, workers=workers, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(Cancelled):
+        load_dataset(cfg, should_stop=stop_after_two)
+    assert len(asked) == 3  # asked once per chunk until it said stop
+    if workers == 1:
+        assert sum(decoded) == 3  # one chunk of 3 decoded, then stopped (of 24 files)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    full = load_dataset(cfg, should_stop=lambda: False)
+    assert len(full.train) + len(full.test) == 24
+
+
+def test_shapes_generation_stops_when_asked() -> None:
+    from engine.data import make_shapes
+    from engine.errors import Cancelled
+
+    with pytest.raises(Cancelled):
+        make_shapes(100_000, size=64, should_stop=lambda: True)
+    assert len(make_shapes(20, size=16, should_stop=lambda: False)) == 20
+
+
 @pytest.mark.parametrize("as_tar", [False, True], ids=["folder", "tar"])
 def test_parallel_decoding_matches_serial(tmp_path: Path, monkeypatch, as_tar: bool) -> None:
     root = _class_folder(tmp_path / "par", ("a", "b", "c"), per_class=8)

@@ -51,6 +51,22 @@ def test_resume_gives_the_same_next_losses(tmp_path):
         assert b[s] == pytest.approx(a[s], rel=1e-5, abs=1e-6), (s, a, b)
 
 
+def test_stop_while_the_data_load_ends_the_run_without_training(tmp_path):
+    """Stop pressed while a large dataset is still being generated/decoded ends the run at the
+    next chunk: status stopped, no step, no checkpoint, the stream closed by Finished."""
+    seen: list[ev.Event] = []
+    tr = _trainer(tmp_path, listeners=(seen.append,), **{"train.steps": 3, "data.shapes_train": 200_000})
+    threading.Timer(0.5, tr.stop).start()
+    t0 = time.monotonic()
+    fin = tr.run()
+    assert fin.status == "stopped" and fin.step == 0
+    assert time.monotonic() - t0 < 60  # generating 200,000 images would take minutes
+    assert isinstance(seen[-1], ev.Finished) and not any(isinstance(e, ev.StepMetrics) for e in seen)
+    assert any(isinstance(e, ev.RunWarning) and "loading the data" in e.message for e in seen)
+    assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()
+    assert '"stopped"' in (tmp_path / "r" / "run.json").read_text()
+
+
 def test_pause_resume_stop_are_cooperative(tmp_path):
     seen: list[ev.Event] = []
     started = threading.Event()

@@ -15,9 +15,9 @@ Sources (``DataConfig.source``):
 
 Public API::
 
-    load_dataset(cfg: DataConfig) -> DataSplits
+    load_dataset(cfg: DataConfig, should_stop=None) -> DataSplits
     make_shapes(n, size=64, seed=0, n_classes=10) -> ImageSet
-    load_folder(cfg: DataConfig) -> DataSplits
+    load_folder(cfg: DataConfig, should_stop=None) -> DataSplits
     BatchStream(data, batch_size, device='cpu', seed=0, on_device=True)
 
 This package imports neither torch nor PIL at import time (the names above are
@@ -28,7 +28,7 @@ import ``engine.data.folder``, start quickly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -114,13 +114,18 @@ class DataSplits:
         return self.train.labels is not None
 
 
-def load_dataset(cfg: DataConfig) -> DataSplits:
-    """Load the source named by ``cfg.source``; raises ``engine.errors.DataError``."""
+def load_dataset(cfg: DataConfig, should_stop: Callable[[], bool] | None = None) -> DataSplits:
+    """Load the source named by ``cfg.source``; raises ``engine.errors.DataError``.
+
+    ``should_stop`` (e.g. a run's Stop, a closing window) is asked between chunks of decoding or
+    generation; when it answers True the load ends with ``engine.errors.Cancelled`` and writes
+    no cache."""
     if cfg.source.strip().lower() == "shapes":
         from .shapes import derive_seed, make_shapes
 
-        train = make_shapes(cfg.shapes_train, size=cfg.shapes_size, seed=cfg.seed)
-        test = make_shapes(cfg.shapes_test, size=cfg.shapes_size, seed=derive_seed(cfg.seed, "test"))
+        train = make_shapes(cfg.shapes_train, size=cfg.shapes_size, seed=cfg.seed, should_stop=should_stop)
+        test = make_shapes(cfg.shapes_test, size=cfg.shapes_size, seed=derive_seed(cfg.seed, "test"),
+                           should_stop=should_stop)
         return DataSplits(
             train=train,
             test=test,
@@ -135,7 +140,7 @@ def load_dataset(cfg: DataConfig) -> DataSplits:
         )
     from .folder import load_folder
 
-    return load_folder(cfg)
+    return load_folder(cfg, should_stop)
 
 
 _LAZY = {

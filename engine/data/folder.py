@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import DataError
+from ..errors import Cancelled, DataError
 from ..fileio import atomic_open
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -369,32 +369,47 @@ def _chunks(items: Items, max_files: int, max_bytes: int) -> Iterator[list[tuple
 
 
 def _decode_items(
-    make_items: Callable[[], Items], size: int | None, workers: int, info: dict[str, Any]
+    make_items: Callable[[], Items], size: int | None, workers: int, info: dict[str, Any],
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[_Chunk], int]:
     """Decode every item of ``make_items()`` in order; returns (chunks, output size).
 
     ``size`` None: guessed from the first headers. Up to SERIAL_MAX_FILES items (or
     one worker) are decoded in this process; more go to a process pool, streamed in
     chunks with a bounded number in flight. ``make_items`` is called again only if
-    the pool cannot be used.
+    the pool cannot be used. ``should_stop`` is asked between chunks (Cancelled when True).
     """
+
+    def check() -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled("loading the dataset was cancelled")
+
+    def serial(chunks: Iterable[list[tuple[int, str | bytes]]]) -> list[_Chunk]:
+        out = []
+        for c in chunks:
+            check()
+            out.append(_decode_chunk(c, size))
+        return out
+
+    check()
     it = iter(make_items())
     head = list(itertools.islice(it, SERIAL_MAX_FILES + 1))
     if size is None:
         size = _guess_size([src for _, src in head[:PROBE_FILES]])
     if len(head) <= SERIAL_MAX_FILES or workers <= 1:
-        chunks = _chunks(itertools.chain(head, it), 1024, TAR_CHUNK_BYTES)
-        return [_decode_chunk(c, size) for c in chunks], size
+        return serial(_chunks(itertools.chain(head, it), 1024, TAR_CHUNK_BYTES)), size
     results: list[_Chunk] = []
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as ex:
             pending: deque = deque()
             try:
                 for chunk in _chunks(itertools.chain(head, it), TASK_FILES, TAR_CHUNK_BYTES):
+                    check()
                     pending.append(ex.submit(_decode_chunk, chunk, size))
                     while len(pending) >= workers * 4:  # bound the bytes in flight
                         results.append(pending.popleft().result())
                 while pending:
+                    check()
                     results.append(pending.popleft().result())
             except BaseException:
                 ex.shutdown(wait=False, cancel_futures=True)
@@ -403,7 +418,7 @@ def _decode_items(
     except (BrokenProcessPool, OSError, AssertionError) as e:
         # no child processes here (daemonic process, sandbox, a killed worker): one process
         info["warnings"].append(f"parallel decoding failed ({type(e).__name__}: {e}); decoded in one process")
-        return [_decode_chunk(c, size) for c in _chunks(make_items(), 1024, TAR_CHUNK_BYTES)], size
+        return serial(_chunks(make_items(), 1024, TAR_CHUNK_BYTES)), size
 
 
 def _guess_size(srcs: list[str | bytes]) -> int:
@@ -502,8 +517,9 @@ def _check_layout(lay: _Layout, source: Path, where: str, exts: str) -> None:
         )
 
 
-def load_folder(cfg: DataConfig) -> DataSplits:
-    """Load a folder or tar archive of images (see the module docstring).
+def load_folder(cfg: DataConfig, should_stop: Callable[[], bool] | None = None) -> DataSplits:
+    """Load a folder or tar archive of images (see the module docstring); ``should_stop`` is
+    asked between decoded chunks (``Cancelled`` when it answers True; no cache is written).
 
     Raises ``DataError`` (one line: what is wrong and what to do) for a missing
     path, an empty folder, no images, an unreadable archive or no decodable image.
@@ -583,7 +599,7 @@ def load_folder(cfg: DataConfig) -> DataSplits:
                 yield len(ents) - 1, data
             listing.update(entries=ents, n_files=n_all)
 
-        chunks, size = _decode_items(make_items, cfg.image_size, workers, info)
+        chunks, size = _decode_items(make_items, cfg.image_size, workers, info, should_stop)
         if listing["n_files"] == 0:
             raise DataError(f"archive '{source}' holds no files; pack a folder of images into it")
         if not listing["entries"]:
@@ -599,14 +615,14 @@ def load_folder(cfg: DataConfig) -> DataSplits:
         def make_items() -> Iterator[tuple[int, str]]:
             return ((i, str(e.key)) for i, e in enumerate(files))
 
-        chunks, size = _decode_items(make_items, cfg.image_size, workers, info)
+        chunks, size = _decode_items(make_items, cfg.image_size, workers, info, should_stop)
         item_of_file = np.arange(len(files), dtype=np.int64)
 
     if cfg.image_size is None:
         best = _best_size(chunks)
         if best is not None and best != size:  # the guess missed: decode again at the right size
             info["warnings"].append(f"most images are {best} px; decoded again at that size")
-            chunks, size = _decode_items(make_items, best, workers, info)
+            chunks, size = _decode_items(make_items, best, workers, info, should_stop)
         native = {s for c in chunks for s in c.sizes}
         if len(native) > 1:
             info["warnings"].append(

@@ -25,10 +25,12 @@ seed always gives identical bytes. Rendering runs in fixed-size chunks of images
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 
+from ..errors import Cancelled
 from . import ImageSet
 
 __all__ = ["SHAPE_CLASSES", "make_shapes", "derive_seed"]
@@ -149,14 +151,16 @@ def _shape_sdf(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------- generation
 def make_shapes(
-    n: int, size: int = 64, seed: int = 0, n_classes: int = 10, *, clutter: bool = True
+    n: int, size: int = 64, seed: int = 0, n_classes: int = 10, *, clutter: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ImageSet:
     """Generate ``n`` labelled shape images, deterministic in ``seed``.
 
     Returns an ImageSet with images uint8 [n, 3, size, size], labels int64 [n]
     (balanced: every class appears n // n_classes or one more times) and extras
     ``depth`` uint8 [n, 1, size, size] and ``seg`` uint8 [n, size, size].
-    ``clutter=False`` leaves out the distractors and the sensor noise.
+    ``clutter=False`` leaves out the distractors and the sensor noise. ``should_stop`` is asked
+    between chunks; when it answers True, ``engine.errors.Cancelled`` is raised.
     """
     if n < 1:
         raise ValueError("make_shapes: n must be >= 1")
@@ -178,6 +182,8 @@ def make_shapes(
     gy = np.broadcast_to(t[None, :, None], (1, size, size))
 
     for start in range(0, n, _CHUNK):
+        if should_stop is not None and should_stop():
+            raise Cancelled("generating the shapes dataset was cancelled")
         stop = min(n, start + _CHUNK)
         img, dep, sg = _render_chunk(rng, labels[start:stop], size, gx, gy, clutter)
         images[start:stop] = img

@@ -500,6 +500,24 @@ def test_data_page_loads_and_previews_augmentation(make_window, qtbot, tmp_path)
     qtbot.waitUntil(lambda: page.status.text().startswith("Loaded"), timeout=30_000)
 
 
+def test_closing_during_a_large_data_load_does_not_wait_for_it(make_window, qtbot):
+    """The data page decodes in the background; closing the window (or choosing another source)
+    stops that load at its next chunk instead of waiting for the whole dataset."""
+    import time
+
+    win = make_window()
+    page = win.data_page
+    win.inspector.set_text("data.shapes_train", "300000")  # minutes of generation on 2 cores
+    win.tabs.setCurrentWidget(page)
+    page.choose_source("shapes")
+    qtbot.waitUntil(page.is_loading, timeout=10_000)
+    qtbot.wait(300)
+    t0 = time.monotonic()
+    page.shutdown()
+    assert time.monotonic() - t0 < 20
+    assert not page.is_loading() and page.splits is None
+
+
 # --------------------------------------------------------------------------- scripted
 def test_scripted_mode_runs_and_saves_a_screenshot(qtbot, tmp_path, tiny_cfg_dict, capsys):
     from studio import app
