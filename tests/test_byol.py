@@ -221,3 +221,14 @@ def test_vit_backbone_and_attention_probe() -> None:
     m.eval()
     probe = m.probes(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))["attention"]
     assert probe["images"]["attention"].shape == (2, 3, 32, 32)  # vit_tiny: 3 heads
+
+
+def test_step_loss_pairs_each_prediction_with_the_other_views_target():
+    m = build("byol", SMALL_BYOL)
+    b = random_batch(B=8)
+    out = m.training_step(b, 0)
+    with torch.no_grad():
+        p1, p2 = (m.predictor(m.projector(m.backbone(v))) for v in b.views)
+        t1, t2 = (m.target_projector(m.target_backbone(v)) for v in b.views)
+    torch.testing.assert_close(out.loss.detach(), normalized_mse(p1, t2) + normalized_mse(p2, t1),
+                               rtol=1e-4, atol=1e-5)

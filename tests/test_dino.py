@@ -323,3 +323,23 @@ def test_trains_through_the_trainer(dino_run) -> None:
     assert knn.indicators["entropy_ref"] == pytest.approx(math.log(256)) and "kl" in knn.indicators
     print(f"DINO 12 steps ({seconds:.0f} s): loss {steps[0].loss:.3f} -> {steps[-1].loss:.3f}, "
           f"kNN untrained {untrained:.3f} -> {knn.knn_top1:.3f}")
+
+
+def test_step_loss_sharpens_the_teacher_at_its_temperature_and_pairs_views_by_index():
+    """The method's loss is exactly DINO's: every student crop against every other view's teacher
+    output, centred with the centre before this step and sharpened at the teacher temperature."""
+    m = build()
+    batch = multi_crop_batch()
+    m.center.center.normal_()
+    c0 = m.center.center.clone()
+    tt = m.teacher_temp(0)
+    assert tt == pytest.approx(0.04)
+    with torch.no_grad():
+        t = m.teacher_head(m.teacher_backbone(torch.cat(batch.views[:2])))
+        # the student's crops batched as the method batches them (BatchNorm sees the same groups)
+        f = torch.cat([m.backbone(torch.cat(batch.views[:2])), m.backbone(torch.cat(batch.views[2:]))])
+        s = m.head(f).chunk(4)
+    out = m.training_step(batch, 0)
+    q = torch.softmax((t - c0) / tt, dim=1).chunk(2)
+    terms = [-(q[i] * F.log_softmax(s[v] / 0.1, 1)).sum(1).mean() for i in range(2) for v in range(4) if v != i]
+    torch.testing.assert_close(out.loss.detach(), sum(terms) / len(terms), rtol=1e-4, atol=1e-5)

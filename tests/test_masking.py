@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.masking import (
+from engine.masking import (  # noqa: I001
+    _host_seed,
     block_masking,
     dirichlet_allocation,
     grid_masking,
@@ -323,3 +324,17 @@ def test_seeded_determinism(fn):
     a, b, c = fn(gen(123)), fn(gen(123)), fn(gen(124))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_dirichlet_rounds_by_largest_remainder():
+    """The per-modality counts are floor(Dirichlet share x budget) plus one for the largest
+    remainders (Hamilton's method), so no modality is short-changed by rounding."""
+    counts = dirichlet_allocation(256, 49, 3, generator=torch.Generator().manual_seed(3)).numpy()
+    rng = np.random.default_rng(_host_seed(torch.Generator().manual_seed(3)))
+    raw = rng.dirichlet(np.ones(3), size=256) * 49
+    bumped = counts - np.floor(raw)
+    assert set(np.unique(bumped)) <= {0, 1}
+    frac = raw - np.floor(raw)
+    for f, b in zip(frac, bumped):
+        if 0 < b.sum() < 3:
+            assert f[b == 1].min() >= f[b == 0].max()

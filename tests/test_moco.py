@@ -81,10 +81,10 @@ def test_moco_v1_loss_is_infonce_of_query_key_and_queue():
 
 
 def test_moco_v3_loss_is_symmetric_infonce_scaled_by_2t():
-    m = _method("moco_v3", **{"params.proj_hidden": 128, "params.pred_hidden": 128, "params.temperature": 0.5})
+    t = 0.2  # not 0.5: there 2T = 1 and a missing scale would pass
+    m = _method("moco_v3", **{"params.proj_hidden": 128, "params.pred_hidden": 128, "params.temperature": t})
     b = _batch()
     out = m.training_step(b, 0)
-    t = 0.5
     with torch.no_grad():
         q1, q2 = (F.normalize(m.predictor(m.projector(m.backbone(v))), dim=1) for v in b.views)
         k1, k2 = (F.normalize(m.momentum_projector(m.momentum_backbone(v)), dim=1) for v in b.views)

@@ -224,3 +224,32 @@ def test_trains_through_the_trainer(swav_run) -> None:
     assert 0 <= knn.knn_top1 <= 1 and {"std", "rank_me"} <= set(knn.indicators)
     print(f"SwAV 12 steps ({seconds:.0f} s): loss {steps[0].loss:.3f} -> {steps[-1].loss:.3f}, "
           f"kNN untrained {untrained:.3f} -> {knn.knn_top1:.3f}")
+
+
+def test_codes_belong_to_their_own_view_and_to_the_batch_rows(monkeypatch):
+    """With the queue in use, Sinkhorn runs on [queue; this view's scores] and the code of view i
+    is the last B rows of its own output (not the queue's rows, not another view's)."""
+    m = build({"queue_size": 16, "queue_start_epoch": 0}, spe=2)
+    for step in range(2):  # fill the queue (B = 8)
+        m.training_step(multi_crop_batch(seed=step), step)
+        m.after_optimizer_step(step)
+    ins, outs, passed = [], [], {}
+
+    def spy(s, e, i):
+        ins.append(s)
+        outs.append(sinkhorn(s, e, i))
+        return outs[-1]
+
+    real_loss = swav_module.swav_loss
+
+    def loss_spy(scores, codes, ids, t):
+        passed.update(scores=scores, codes=codes, ids=list(ids))
+        return real_loss(scores, codes, ids, t)
+
+    monkeypatch.setattr(swav_module, "sinkhorn", spy)
+    monkeypatch.setattr(swav_module, "swav_loss", loss_spy)
+    m.training_step(multi_crop_batch(seed=5), 2)
+    assert [tuple(s.shape) for s in ins] == [(24, 30), (24, 30)]  # 16 queued + 8 batch rows
+    for j, i in enumerate(passed["ids"]):
+        torch.testing.assert_close(ins[j][-8:], passed["scores"][i].detach())  # this view's scores
+        torch.testing.assert_close(passed["codes"][j], outs[j][-8:])  # the batch rows, not the queue's

@@ -3,6 +3,7 @@
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from engine import events as ev
 from engine.checkpoint import load_checkpoint
 from engine.config import validate_config
 from engine.errors import ConfigError, TrainingError
+from engine.optim import cosine_schedule
 from engine.trainer import Trainer
 from helpers import metrics, with_
 from test_cli import _tiny
@@ -291,3 +293,30 @@ def test_a_run_folder_in_use_is_refused_and_overwrite_keeps_other_files(tmp_path
     assert not (root / "probes" / "probe-attention-2.npz").exists()
     assert (root / "checkpoints" / "notes.txt").read_text() == "mine" and (root / "README").exists()
     assert not (root / "run.lock").exists() and os.path.exists(root / "checkpoints" / "last.pt")
+
+
+def test_weight_decay_follows_its_schedule(tmp_path):
+    seen: list[ev.Event] = []
+    tr = _trainer(tmp_path, listeners=(seen.append,),
+                  **{"train.steps": 8, "optim.weight_decay": 0.04, "optim.weight_decay_end": 0.4})
+    tr.run()
+    wds = [e.weight_decay for e in seen if isinstance(e, ev.StepMetrics)]
+    np.testing.assert_allclose(wds, cosine_schedule(0.04, 0.4, 8), rtol=1e-6)
+    decayed = [g for g in tr.opt.param_groups if g["wd_scale"] == 1.0]
+    assert decayed and decayed[0]["weight_decay"] == pytest.approx(wds[-1])
+
+
+def test_resume_restores_the_global_rng(tmp_path):
+    """MoCo's shuffling BN draws its permutation from torch's global RNG: a resumed run must
+    continue that stream, whatever the process drew in between."""
+    dotted = {"train.steps": 8, "method": "moco_v2", "params.bn_splits": 2, "params.queue_size": 64}
+    _trainer(tmp_path, "full", **dotted).run()
+    part = _trainer(tmp_path, "part", **dotted)
+    part.subscribe(lambda e: part.stop() if isinstance(e, ev.StepMetrics) and e.step == 4 else None)
+    assert part.run().status == "stopped"
+    torch.manual_seed(999)
+    Trainer(validate_config(with_(_tiny(), **dotted)), tmp_path / "part", resume=True).run()
+    loss = lambda rows: {r["step"]: r["loss"] for r in rows if r["event"] == "train"}  # noqa: E731
+    a, b = loss(metrics(tmp_path / "full")), loss(metrics(tmp_path / "part"))
+    for s in range(5, 9):
+        assert b[s] == pytest.approx(a[s], rel=1e-5, abs=1e-6), s
