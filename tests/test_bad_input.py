@@ -194,3 +194,21 @@ def test_output_folder_that_cannot_be_created(tmp_path, capsys):
     rc, err = run_train(["--method", "simclr", "--data", "shapes", "--steps", "1",
                          "--out", str(tmp_path / "afile" / "run")], capsys)
     assert_user_error(rc, err, "cannot create the run folder")
+
+
+@pytest.mark.parametrize("preset,too_few", [
+    ("simclr_cifar", 1), ("moco_v1_cifar", 1), ("moco_v2_cifar", 1), ("moco_v3_cifar", 1), ("byol_cifar", 1),
+    ("simsiam_cifar", 1), ("barlow_twins_cifar", 1), ("swav_cifar", 1), ("dino_cifar", 0), ("mae_small", 0),
+    ("simmim_small", 0), ("beit_small", 0),
+])
+def test_too_few_views_for_the_method_is_a_config_error(preset, too_few):
+    """Each method says how many views it needs (a clear ConfigError, exit 2 in the CLI), instead of
+    failing inside its first step with an IndexError."""
+    from engine.config import validate_config
+    from engine.errors import ConfigError
+    from engine.methods import create_method
+    from engine.presets import load_preset
+
+    raw = with_(load_preset(preset), **{"aug.global_crops.count": too_few, "aug.local_crops.count": 0})
+    with pytest.raises(ConfigError, match="aug.global_crops.count|crops"):
+        create_method(validate_config(raw), 32)

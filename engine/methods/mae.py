@@ -103,6 +103,8 @@ class MAE(Method):
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
         p = self.p
+        if cfg.aug.global_crops.count < 1:
+            raise ConfigError("MAE trains on one augmented crop per image: set aug.global_crops.count to 1")
         # --- encoder: the project's timm ViT, applied to the visible patches only
         self.backbone = build_backbone(cfg.model, image_size)
         if not isinstance(self.backbone, ViTBackboneMixin):

@@ -48,6 +48,7 @@ from torch import nn
 from ..components import MLPHead, build_backbone
 from ..components.momentum import ema_update, make_teacher
 from ..components.queue import FeatureQueue
+from ..errors import ConfigError
 from ..losses import info_nce
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
 
@@ -145,6 +146,8 @@ class MoCoV1(Method):
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
         p = self.p
+        if cfg.aug.global_crops.count < 2:
+            raise ConfigError("MoCo matches a query view with a key view: set aug.global_crops.count to 2")
         # query encoder: backbone f_q and projector (v1: one Linear, the "fc"; v2: MLP)
         self.backbone = build_backbone(cfg.model, image_size)
         if p.bn_splits > 1:

@@ -36,6 +36,7 @@ from pydantic import Field
 
 from ..components import MLPHead, ViTBackboneMixin, build_backbone
 from ..components.momentum import ema_update, make_teacher, momentum_at
+from ..errors import ConfigError
 from ..losses import info_nce
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
 
@@ -93,6 +94,8 @@ class MoCoV3(Method):
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
         p = self.p
+        if cfg.aug.global_crops.count < 2:
+            raise ConfigError("MoCo v3 matches two views symmetrically: set aug.global_crops.count to 2")
         self.backbone = build_backbone(cfg.model, image_size)
         self.is_vit = isinstance(self.backbone, ViTBackboneMixin)
         if self.is_vit:

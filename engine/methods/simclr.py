@@ -25,6 +25,7 @@ import torch
 from pydantic import Field
 
 from ..components import MLPHead, build_backbone
+from ..errors import ConfigError
 from ..losses import NTXentLoss
 from .base import Batch, Block, Diagram, Edge, Method, Params, StepOutput
 
@@ -53,6 +54,8 @@ class SimCLR(Method):
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
         p = self.p
+        if cfg.aug.global_crops.count < 2:
+            raise ConfigError("SimCLR contrasts two views: set aug.global_crops.count to 2")
         self.backbone = build_backbone(cfg.model, image_size)
         d = self.backbone.out_dim
         self.projector = MLPHead(d, p.proj_hidden or d, p.proj_out, n_layers=p.proj_layers, last_bn=p.proj_last_bn)

@@ -98,6 +98,8 @@ class SimMIM(Method):
 
     def __init__(self, cfg, image_size: int) -> None:
         super().__init__(cfg, image_size)
+        if cfg.aug.global_crops.count < 1:
+            raise ConfigError("SimMIM trains on one augmented crop per image: set aug.global_crops.count to 1")
         # --- encoder: timm ViT or Swin, with a mask token replacing masked patch embeddings
         self.backbone = build_backbone(cfg.model, image_size)
         self.is_swin = isinstance(self.backbone, SwinBackboneMixin)
