@@ -95,6 +95,15 @@ class DataConfig(Strict):
         True, description="Keep the uint8 cache on the training device (GPU) when it fits."
     )
 
+    @field_validator("source", "cache_dir")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        """Paths are kept absolute, so a run resumes, evaluates and exports from any folder
+        (a relative --data was saved as typed and could not be found from elsewhere)."""
+        if v is None or not v.strip() or v.strip().lower() == "shapes":
+            return v
+        return os.path.abspath(os.path.expanduser(v.strip()))
+
 
 # ------------------------------------------------------------------ augmentation
 class CropConfig(Strict):

@@ -121,3 +121,29 @@ def test_console_script_bad_method_exits_2(tmp_path):
     assert r.returncode == 2
     assert "unknown method 'nope'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_a_relative_data_path_still_resolves_from_another_folder(tmp_path, monkeypatch, capsys):
+    """--data and data.cache_dir given relative to where ssl-train started are saved absolute, so
+    the run resumes and evaluates from any folder."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "proj" / "imgs" / cls).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "proj" / "imgs" / cls / f"{i}.png")
+    cfg = write_cfg(tmp_path, _tiny())
+    monkeypatch.chdir(tmp_path / "proj")
+    rc = train.main(["--config", str(cfg), "--data", "imgs", "--set", "data.cache_dir=cache", "--out", "runs/r",
+                     "--steps", "2", "--batch-size", "16", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    saved = yaml.safe_load((tmp_path / "proj" / "runs" / "r" / "config.yaml").read_text())["data"]
+    assert saved["source"] == str(tmp_path / "proj" / "imgs")
+    assert saved["cache_dir"] == str(tmp_path / "proj" / "cache")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert train.main(["--resume", "proj/runs/r", "--steps", "4", "--quiet"]) == 0, capsys.readouterr().err
+    assert evaluate.main(["knn", "--run", "proj/runs/r"]) == 0, capsys.readouterr().err
