@@ -54,6 +54,17 @@ class RunDir:
     def holds_run(self) -> bool:
         return any((self.root / f).exists() for f in RUN_FILES) or self.checkpoint.exists()
 
+    def ended_before_training(self) -> bool:
+        """True for a run that failed or was stopped before its first step (bad data, a Stop while
+        loading): it has no checkpoint, so there is nothing to resume or to protect."""
+        if self.checkpoint.exists():
+            return False
+        s = self.read_summary()
+        try:
+            return s.get("status") in ("failed", "stopped") and int(s.get("step") or 0) == 0
+        except (TypeError, ValueError):
+            return False
+
     @property
     def linear_probe(self) -> Path:
         return self.root / "linear_probe.json"
@@ -158,9 +169,12 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> RunDi
     if resume:
         if not rd.holds_run():
             raise UserError(f"nothing to resume in {rd.root}: it holds no run")
+        if rd.ended_before_training():
+            raise UserError(f"nothing to resume in {rd.root}: its run ended before its first step; "
+                            "start it again without --resume")
         return rd
     if rd.holds_run():
-        if not overwrite:
+        if not overwrite and not rd.ended_before_training():  # a run that never trained is replaced
             raise UserError(
                 f"output folder {rd.root} already holds a run; use --resume {rd.root} to continue it "
                 "or --overwrite to replace it"

@@ -212,3 +212,21 @@ def test_too_few_views_for_the_method_is_a_config_error(preset, too_few):
     raw = with_(load_preset(preset), **{"aug.global_crops.count": too_few, "aug.local_crops.count": 0})
     with pytest.raises(ConfigError, match="aug.global_crops.count|crops"):
         create_method(validate_config(raw), 32)
+
+
+def test_a_run_that_failed_before_its_first_step_does_not_block_the_retry(tmp_path, capsys):
+    """Bad data leaves a record of the failure, but nothing to resume: the corrected command
+    reuses the folder without --overwrite, and --resume says why it cannot continue."""
+    out = tmp_path / "run"
+    rc, err = run_train(["--config", str(_cfg(tmp_path)), "--data", str(tmp_path / "no-such-folder"),
+                         "--out", str(out)], capsys)
+    assert_user_error(rc, err, "does not exist")
+    assert (out / "run.json").is_file()
+    rc, err = run_train(["--resume", str(out)], capsys)
+    assert_user_error(rc, err, "before its first step")
+    rc, err = run_train(["--config", str(_cfg(tmp_path)), "--out", str(out), "--steps", "1"], capsys)
+    assert rc == 0, err
+    assert (out / "checkpoints" / "last.pt").is_file()
+    # a run that trained is still protected
+    rc, err = run_train(["--config", str(_cfg(tmp_path)), "--out", str(out), "--steps", "1"], capsys)
+    assert_user_error(rc, err, "already holds a run")
