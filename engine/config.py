@@ -390,10 +390,15 @@ def safe_load_strict(text: str) -> Any:
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder; give a .yaml file (e.g. a run's config.yaml)")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = safe_load_strict(p.read_text())
+        data = safe_load_strict(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"config file {p} cannot be read as UTF-8 text ({type(e).__name__}); "
+                          "give a YAML file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

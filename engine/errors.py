@@ -20,6 +20,10 @@ class CheckpointError(UserError):
     """A checkpoint is missing, truncated or does not match the config."""
 
 
+class OutputError(UserError):
+    """A file cannot be written: a read-only or missing folder, a folder in the way, a full disk."""
+
+
 class TrainingError(Exception):
     """A step failed (NaN loss, out of memory); the message says what to change."""
 

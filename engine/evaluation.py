@@ -163,5 +163,8 @@ def linear_probe_run(run_dir, device: torch.device | str = "cpu", epochs: int = 
            "n_train": res["n_train"], "n_test": res["n_test"], "epochs": res["epochs"], "lr": lr,
            "data": cfg.data.source, "time": time.time()}
     if save and not data_source:
-        RunDir(Path(run_dir)).write_linear_probe(out)
+        try:
+            RunDir(Path(run_dir)).write_linear_probe(out)
+        except UserError as e:  # a read-only run folder: the result is still returned (and printed)
+            out["not_saved"] = str(e)
     return out

@@ -147,3 +147,50 @@ def test_a_relative_data_path_still_resolves_from_another_folder(tmp_path, monke
     capsys.readouterr()
     assert train.main(["--resume", "proj/runs/r", "--steps", "4", "--quiet"]) == 0, capsys.readouterr().err
     assert evaluate.main(["knn", "--run", "proj/runs/r"]) == 0, capsys.readouterr().err
+
+
+def test_export_prints_a_timm_recipe_that_loads_a_cifar_stem_run(tmp_path, capsys):
+    """The printed timm line is code a user can paste: for a CIFAR-stem ResNet it swaps the stem."""
+    import timm
+
+    cfg = write_cfg(tmp_path, {**_tiny(), "model": {"arch": "resnet18", "cifar_stem": True}})
+    assert train.main(["--config", str(cfg), "--out", str(tmp_path / "r"), "--steps", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "bb.pt"
+    assert export.main(["--run", str(tmp_path / "r"), "--format", "timm", "--out", str(out)]) == 0
+    recipe = capsys.readouterr().out.split("timm: ", 1)[1].strip()
+    scope = {"timm": timm, "torch": torch}
+    exec(recipe if recipe.startswith("m = ") else f"m = {recipe}", scope)
+    scope["m"].load_state_dict(torch.load(out, weights_only=True), strict=True)
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path, trained_run, capsys, monkeypatch):
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    for out in (tmp_path / "a-folder", tmp_path / "a-file" / "bb.pt"):
+        assert export.main(["--run", str(trained_run), "--format", "timm", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: cannot write") and len(err.strip().splitlines()) == 1, err
+    assert not list((tmp_path / "a-folder").iterdir())  # no temporary file left behind
+    # a linear probe whose run folder cannot take the result still prints it, with a warning
+    from engine.errors import OutputError
+    from engine.rundir import RunDir
+
+    def refuse(self, data):
+        raise OutputError(f"cannot write {self.linear_probe}: Read-only file system")
+
+    monkeypatch.setattr(RunDir, "write_linear_probe", refuse)
+    assert evaluate.main(["linear", "--run", str(trained_run), "--epochs", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "linear_top1" in json.loads(captured.out) and "Read-only file system" in captured.err
+    assert evaluate.main(["linear", "--run", str(trained_run), "--lr", "inf"]) == 2
+    assert "finite" in capsys.readouterr().err
+
+
+def test_config_that_is_not_text_or_is_a_folder_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "b.yaml"
+    bad.write_bytes(b"\xff\xfe\x00junk")
+    for cfg, needle in ((bad, "UTF-8"), (tmp_path, "is a folder")):
+        assert train.main(["--config", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and needle in err, err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from . import run_cli
@@ -59,11 +60,13 @@ def _main(argv):
 
     device = resolve_device(args.device)
     if args.cmd == "linear":
-        if not args.lr > 0:
-            raise UserError(f"--lr must be positive, got {args.lr}")
+        if not (math.isfinite(args.lr) and args.lr > 0):
+            raise UserError(f"--lr must be positive and finite, got {args.lr}")
         res = linear_probe_run(args.run, device, epochs=args.epochs, lr=args.lr, data_source=args.data)
         print(json.dumps({k: res[k] for k in ("linear_top1", "train_top1", "step", "n_train", "n_test",
                                               "epochs", "data")}))
+        if "not_saved" in res:
+            print(f"warning: the result was not kept in the run folder: {res['not_saved']}", file=sys.stderr)
         return 0
     cfg, method, state = load_run_method(args.run, device)
     if args.data:

@@ -26,8 +26,11 @@ def _main(argv):
     args = p.parse_args(argv)
     meta = export_backbone(args.run, args.format, args.out)
     kw = ", ".join(f"{k}={v!r}" for k, v in meta["kwargs"].items())
-    print(f"wrote {args.out} ({meta['arch']}, step {meta['step']}); "
-          f"timm: timm.create_model({meta['model_name']!r}, {kw})")
+    recipe = f"timm.create_model({meta['model_name']!r}, {kw})"
+    if meta.get("cifar_stem"):  # the plain model's stem is 7x7 + max-pool: swap in the CIFAR one
+        recipe = (f"m = {recipe}; m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); "
+                  "m.maxpool = torch.nn.Identity()")
+    print(f"wrote {args.out} ({meta['arch']}, step {meta['step']}); timm: {recipe}")
     return 0
 
 
