@@ -233,6 +233,8 @@ class Trainer:
                     "cannot resume: the config differs from the checkpoint's in " + "; ".join(diffs[:3])
                     + ("" if len(diffs) <= 3 else f" and {len(diffs) - 3} more")
                 )
+            if cfg.train.steps is not None and cfg.train.steps <= int(state["step"]):
+                raise ConfigError(_nothing_to_resume(int(state["step"])))
         else:
             rd = prepare_run_dir(self.run_path, resume=False, overwrite=self.overwrite)
             rd.acquire()
@@ -264,9 +266,11 @@ class Trainer:
                 f"images are {img} px but the crops are {gsize} px (global) / "
                 f"{cfg.aug.local_crops.size} px (local); lower aug.*_crops.size or set data.image_size"
             )
-        if data.info.get("skipped"):
-            self._emit(ev.RunWarning(0, message=f"skipped {data.info['skipped']} unreadable images"))
+        for w in data.info.get("warnings", []):  # skipped files, resized images, no test split, no cache...
+            self._emit(ev.RunWarning(0, message=w))
         self.total, self.spe = total_steps(cfg, n_train)
+        if state is not None and self.total <= int(state["step"]):  # (an --epochs length, known only now)
+            raise ConfigError(_nothing_to_resume(int(state["step"])))
         self.stream = BatchStream(data.train, cfg.train.batch_size, self.device, seed=cfg.train.seed,
                                   on_device=cfg.data.on_device)
         self.augment = GPUAugment(cfg.aug, img)
@@ -523,7 +527,8 @@ class Trainer:
         knn, emb, labels = knn_evaluate(self.method, self.data, self.cfg, self.device, self.autocast_dtype)
         if knn is None and not getattr(self, "_warned_nolabels", False):
             self._warned_nolabels = True
-            self._emit(ev.RunWarning(self.step, message="no labels in the data: kNN accuracy is not computed"))
+            self._emit(ev.RunWarning(self.step, message="no labels in the data (a flat folder, one class folder, or no test split): "
+                                                         "kNN accuracy is not computed"))
         indicators = {}
         pair = getattr(self, "_last_pair", None)
         if pair is not None:
@@ -570,6 +575,11 @@ def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"{dev} ({torch.cuda.get_device_name(dev)})"
     return "cpu"
+
+
+def _nothing_to_resume(step: int) -> str:
+    return (f"the run is already at step {step}: nothing to resume; give --steps (or --epochs) beyond it "
+            "to train further")
 
 
 def _log_line(f, e: ev.Event) -> None:

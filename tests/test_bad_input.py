@@ -97,10 +97,14 @@ def test_corrupt_images_skipped_with_count_and_modes_converted(tmp_path, capsys)
     root = tmp_path / "mixed"
     _folder(root, modes=("RGB", "L", "RGBA", "P"))
     (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8garbage")
-    cfg = _cfg(tmp_path, **{"train.batch_size": 8, "train.steps": 2, "aug.global_crops.size": 32})
+    _img(root / "b" / "large.png", (64, 48))  # another size: resized and cropped, with a note
+    cfg = _cfg(tmp_path, **{"train.batch_size": 8, "train.steps": 2, "aug.global_crops.size": 32,
+                            "data.image_size": None})
     rc, err = run_train(["--config", str(cfg), "--data", str(root), "--out", str(tmp_path / "r")], capsys)
     assert rc == 0, err
-    assert "skipped 1" in err
+    # every note of the loader reaches the command line (they were only shown in the studio)
+    assert "1 unreadable image(s) skipped (e.g. a/broken.jpg" in err, err
+    assert "different sizes" in err, err
 
 
 def test_images_smaller_than_the_crop(tmp_path, capsys):
@@ -230,3 +234,31 @@ def test_a_run_that_failed_before_its_first_step_does_not_block_the_retry(tmp_pa
     # a run that trained is still protected
     rc, err = run_train(["--config", str(_cfg(tmp_path)), "--out", str(out), "--steps", "1"], capsys)
     assert_user_error(rc, err, "already holds a run")
+
+
+def test_resuming_a_run_that_is_already_past_the_requested_length_is_refused(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc, err = run_train(["--config", str(_cfg(tmp_path)), "--out", str(out), "--steps", "3"], capsys)
+    assert rc == 0, err
+    before = [(p.name, p.read_bytes()) for p in sorted(out.glob("*")) if p.is_file() and p.name != "run.lock"]
+    for steps in ("3", "2"):
+        rc, err = run_train(["--resume", str(out), "--steps", steps], capsys)
+        assert_user_error(rc, err, "already at step 3")
+    after = [(p.name, p.read_bytes()) for p in sorted(out.glob("*")) if p.is_file() and p.name != "run.lock"]
+    assert after == before  # config.yaml, metrics.jsonl, run.json untouched
+    rc, err = run_train(["--resume", str(out), "--steps", "4"], capsys)
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--bogus"], ["train", "--steps", "1", "--epochs", "1"], ["evaluate", "knn", "--run", "x", "--k", "0"],
+    ["export", "--run", "x", "--format", "onnx", "--out", "y"], ["evaluate"],
+])
+def test_argument_errors_are_one_line_with_status_2(argv, capsys):
+    from engine.cli import export as export_cli
+
+    main = {"train": train.main, "evaluate": evaluate.main, "export": export_cli.main}[argv[0]]
+    with pytest.raises(SystemExit) as e:
+        main(argv[1:])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 from ..errors import TrainingError, UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line starting with ``error:``, exit status 2
+    (argparse printed the whole usage first). Sub-command parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def run_cli(fn: Callable[[], int | None]) -> int:

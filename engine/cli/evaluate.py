@@ -15,11 +15,11 @@ import json
 import math
 import sys
 
-from . import run_cli
+from . import Parser, run_cli
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssl-eval", description="Evaluate a trained run.", allow_abbrev=False)
+    p = Parser(prog="ssl-eval", description="Evaluate a trained run.", allow_abbrev=False)
     sub = p.add_subparsers(dest="cmd", required=True)
     k = sub.add_parser("knn", help="weighted kNN top-1 on backbone features")
     k.add_argument("--run", required=True, help="run folder")

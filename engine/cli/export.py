@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from . import run_cli
+from . import Parser, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv):
     from ..export import FORMATS, export_backbone
 
-    p = argparse.ArgumentParser(prog="ssl-export", description="Export a run's backbone weights.",
+    p = Parser(prog="ssl-export", description="Export a run's backbone weights.",
                                 allow_abbrev=False)
     p.add_argument("--run", required=True)
     p.add_argument("--format", required=True, choices=FORMATS)

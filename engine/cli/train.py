@@ -18,11 +18,11 @@ from ..config import build_config, load_yaml
 from ..errors import UserError
 from ..methods import get_method, list_methods
 from ..presets import list_presets, load_preset
-from . import run_cli
+from . import Parser, run_cli
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssl-train", description="Train a self-supervised method.",
+    p = Parser(prog="ssl-train", description="Train a self-supervised method.",
                                 allow_abbrev=False)
     p.add_argument("--list-methods", action="store_true", help="print the method names, one a line")
     p.add_argument("--list-presets", action="store_true", help="print the preset names, one a line")

@@ -39,6 +39,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tarfile
 import time
@@ -400,7 +401,7 @@ def _decode_items(
         return serial(_chunks(itertools.chain(head, it), 1024, TAR_CHUNK_BYTES)), size
     results: list[_Chunk] = []
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as ex:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_ignore_sigint) as ex:
             pending: deque = deque()
             try:
                 for chunk in _chunks(itertools.chain(head, it), TASK_FILES, TAR_CHUNK_BYTES):
@@ -419,6 +420,12 @@ def _decode_items(
         # no child processes here (daemonic process, sandbox, a killed worker): one process
         info["warnings"].append(f"parallel decoding failed ({type(e).__name__}: {e}); decoded in one process")
         return serial(_chunks(make_items(), 1024, TAR_CHUNK_BYTES)), size
+
+
+def _ignore_sigint() -> None:
+    """Decoding workers leave Ctrl-C to the parent (a forked worker inherited ssl-train's handler
+    and printed its 'stopping' line once per worker); the parent stops the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _guess_size(srcs: list[str | bytes]) -> int:
