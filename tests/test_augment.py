@@ -382,3 +382,36 @@ def test_rejects_bad_shapes():
     a = GPUAugment(AugConfig(), 16)
     with pytest.raises(ValueError):
         a(torch.zeros(2, 1, 16, 16, dtype=torch.uint8))
+
+
+# the aspect ratio is log-uniform over the whole aug.ratio range, not one value
+def test_crop_aspect_ratio_is_log_uniform_over_the_range() -> None:
+    import math
+
+    from engine.config import AugConfig
+
+    a = GPUAugment(AugConfig(), 16)
+    x = images(4096, 24, 24)
+    _, p = view(a, x, 16, (0.08, 0.3), 0.0, 0.0, generator=gen(2), return_params=True)  # small areas: no fallback
+    r = p["ratio"][~p["fallback"]].log()
+    lo, hi = math.log(3 / 4), math.log(4 / 3)
+    assert r.min() >= lo - 1e-4 and r.max() <= hi + 1e-4
+    assert r.min() < lo + 0.02 and r.max() > hi - 0.02  # both ends reached
+    assert abs(r.mean().item()) < 0.02  # symmetric in log space: log-uniform
+    assert abs(((r - lo) / (hi - lo) < 0.5).float().mean().item() - 0.5) < 0.03
+
+
+# local crops are drawn with aug.local_crops.scale, global crops with theirs
+def test_local_crops_use_the_local_scale_range() -> None:
+    from engine.config import AugConfig, CropConfig
+
+    aug = AugConfig(**OFF, **ID, global_crops=CropConfig(count=1, size=16, scale=(0.9, 1.0)),
+                    local_crops=CropConfig(count=2, size=16, scale=(0.05, 0.1)))
+    a = GPUAugment(aug, image_size=64)
+    assert [s["scale"] for s in a.view_specs()] == [(0.9, 1.0), (0.05, 0.1), (0.05, 0.1)]
+    ramp = torch.linspace(0, 255, 64).round().to(torch.uint8)  # brightness = x position
+    x = ramp.view(1, 1, 1, 64).expand(32, 3, 64, 64).contiguous()
+    g, l1, l2 = call(a, x, generator=gen(0))
+    span = lambda v: (v[:, 0].amax((1, 2)) - v[:, 0].amin((1, 2)))  # noqa: E731 - crop width / image width, about
+    assert span(g).min() > 0.7  # width >= sqrt(0.9 * 3 / 4) of the image
+    assert span(l1).max() < 0.45 and span(l2).max() < 0.45  # width <= sqrt(0.1 * 4 / 3) of the image

@@ -134,3 +134,18 @@ def test_trains_through_the_trainer(bt_run) -> None:
     assert ind["std"] > 0.5 * ind["std_ref"]
     print(f"Barlow Twins 30 steps ({seconds:.0f} s): loss {steps[0].loss:.1f} -> {steps[-1].loss:.1f}, "
           f"kNN untrained {untrained:.3f} -> {final_eval(seen).knn_top1:.3f}")
+
+
+# the step's LOSS (not only the logged scalar) uses the live lambda
+def test_barlow_twins_step_loss_uses_the_live_lambda() -> None:
+    from engine.losses.barlow import barlow_twins_loss
+    from test_byol import build, random_batch
+
+    m = build("barlow_twins", SMALL_BT)
+    m.set_live("lambd", 0.1)
+    with torch.no_grad():
+        out = m.training_step(random_batch(B=16), 0)
+    loss, on, off = barlow_twins_loss(*out.pair, 0.1)
+    assert off.item() > 1.0  # the off-diagonal term matters at this lambda
+    assert out.loss.item() == pytest.approx(loss.item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx(on.item() + 0.1 * off.item(), rel=1e-5)

@@ -364,3 +364,30 @@ def test_exported_backbone_loads_strictly_into_plain_timm(tmp_path) -> None:
     assert meta["kwargs"]["init_values"] == pytest.approx(0.1) and meta["kwargs"]["img_size"] == 32
     m = timm.create_model(meta["model_name"], **meta["kwargs"])
     m.load_state_dict(torch.load(tmp_path / "bb.pt", weights_only=True), strict=True)
+
+
+# the probe predicts the MASKED patches' tokens and keeps the visible ones
+def test_beit_probe_predicts_masked_tokens_and_keeps_visible_ones() -> None:
+    from engine.data.shapes import make_shapes
+    from engine.methods.beit import PROBE_SEED
+    from engine.augment import resize_normalize
+
+    m = build()
+    m.training_step(shapes_batch(), 3)  # enter stage two
+    m.eval()
+    imgs = make_shapes(4, 32, seed=1).images
+    probes = m.probes(imgs)
+    with torch.no_grad():
+        x = resize_normalize(imgs, 32, m.cfg.aug.mean, m.cfg.aug.std).float()
+        codes = m.tokenizer.encode(x).reshape(4, -1)
+        mask = m.generate_mask(4, "cpu", generator=torch.Generator().manual_seed(PROBE_SEED))
+        pred = m.head(m.encode(x, mask)).argmax(-1)
+    expected = (pred[mask] == codes[mask]).float().mean().item()
+    assert expected < 0.9  # an untrained head: most masked tokens are wrong
+    assert probes["reconstruction"]["meta"]["token_accuracy"] == pytest.approx(expected)
+    # the pasted panel's visible patches are the original pixels
+    panels = probes["reconstruction"]["images"]
+    vis = ~mask[0].reshape(4, 4)
+    i, j = [int(v) for v in vis.nonzero()[0]]
+    orig, pasted = panels["original"][0], panels["pasted"][0]
+    assert (orig[8 * i:8 * i + 8, 8 * j:8 * j + 8] == pasted[8 * i:8 * i + 8, 8 * j:8 * j + 8]).all()

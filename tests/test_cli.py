@@ -194,3 +194,77 @@ def test_config_that_is_not_text_or_is_a_folder_is_a_one_line_error(tmp_path, ca
         assert train.main(["--config", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and needle in err, err
+
+
+# the export's metadata tells a CIFAR-stem ResNet (3x3 conv1, no max-pool) from the standard one
+@pytest.mark.parametrize("cifar", [True, False])
+def test_export_spec_records_the_cifar_stem(cifar: bool) -> None:
+    import torchvision
+
+    from engine.components import build_backbone
+    from engine.config import validate_config
+    from engine.export import _plain_state_dict, timm_spec
+    from helpers import with_
+
+    cfg = validate_config(with_(_tiny(), **{"model.cifar_stem": cifar}))
+    bb = build_backbone(cfg.model, 32)
+    spec = timm_spec(cfg, bb)
+    assert spec["cifar_stem"] is cifar
+    # what the metadata tells the user to do makes the torchvision model load the weights strictly
+    m = torchvision.models.resnet18()
+    m.fc = torch.nn.Identity()
+    if spec["cifar_stem"]:
+        m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        m.maxpool = torch.nn.Identity()
+    m.load_state_dict(_plain_state_dict(bb), strict=True)
+
+
+# the safetensors file carries the same metadata as FILE.json (model name, kwargs, ...)
+def test_export_safetensors_carries_the_metadata(trained_run, tmp_path) -> None:
+    import json
+
+    from safetensors import safe_open
+
+    from engine.cli import export
+
+    out = tmp_path / "bb.safetensors"
+    assert export.main(["--run", str(trained_run), "--format", "safetensors", "--out", str(out)]) == 0
+    with safe_open(str(out), framework="pt") as f:
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    side = json.loads(out.with_suffix(".safetensors.json").read_text())
+    assert meta == side
+    assert meta["format"] == "safetensors" and meta["model_name"] == "resnet18" and meta["kwargs"] == {"num_classes": 0}
+
+
+# a run that fails (TrainingError, here a NaN loss) makes ssl-train exit 1, not 2
+def test_failed_training_exits_1(tmp_path, monkeypatch, capsys) -> None:
+    from engine.cli import train
+    from engine.methods.simclr import SimCLR
+    from helpers import write_cfg
+
+    orig = SimCLR.training_step
+
+    def poisoned(self, batch, step):
+        out = orig(self, batch, step)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(SimCLR, "training_step", poisoned)
+    path = write_cfg(tmp_path, _tiny())
+    rc = train.main(["--config", str(path), "--out", str(tmp_path / "run"), "--steps", "3", "--quiet"])
+    assert rc == 1
+    assert "training failed" in capsys.readouterr().err
+
+
+# the exported keys are the library model's own, also for a torch.compile'd backbone
+def test_plain_state_dict_unwraps_torch_compile() -> None:
+    import torchvision
+
+    from engine.export import _plain_state_dict
+
+    m = torchvision.models.resnet18()
+    compiled = torch.compile(m)  # wraps as _orig_mod (compiles lazily: nothing is compiled here)
+    assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    sd = _plain_state_dict(compiled)
+    assert list(sd) == list(m.state_dict())
+    torchvision.models.resnet18().load_state_dict(sd, strict=True)

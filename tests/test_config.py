@@ -103,3 +103,31 @@ def test_augmentation_ranges_are_validated(key, value) -> None:
     section, name = key.split(".")
     with pytest.raises(ConfigError, match=name):
         validate_config({"method": "simclr", section: {name: value}})
+
+
+# a key given twice is refused by the loader itself (fast; the CLI test in
+# test_bad_input.py only catches a broken check by starting a full default-size run)
+def test_load_yaml_refuses_a_key_given_twice(tmp_path) -> None:
+    from engine.config import load_yaml
+    from engine.errors import ConfigError
+
+    p = tmp_path / "c.yaml"
+    p.write_text("method: simclr\noptim:\n  lr: 0.1\n  weight_decay: 0.0\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"line 5.*the key 'lr' appears twice"):
+        load_yaml(p)
+    p.write_text("method: simclr\nmethod: byol\n")  # top level too
+    with pytest.raises(ConfigError, match="the key 'method' appears twice"):
+        load_yaml(p)
+    p.write_text("optim: {lr: 0.1}\ntrain: {lr: 0.1}\n")  # the same key in two mappings is fine
+    assert load_yaml(p) == {"optim": {"lr": 0.1}, "train": {"lr": 0.1}}
+
+
+# per-view probabilities above 1 are refused too (not only negative ones)
+@pytest.mark.parametrize("key, value", [("blur_p", 1.5), ("blur_p", [0.5, 1.2]), ("solarize_p", 2.0),
+                                        ("blur_p", -0.1)])
+def test_view_probabilities_must_be_within_0_and_1(key, value) -> None:
+    from engine.config import validate_config
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        validate_config({"method": "simclr", "aug": {key: value}})

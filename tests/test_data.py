@@ -403,3 +403,41 @@ def test_batch_stream_on_cached_memmap(tmp_path: Path) -> None:
     s = BatchStream(d.train, batch_size=4, seed=0, on_device=False)
     x, idx = s.batch(0, 0)
     assert torch.equal(x, d.train.images[idx])
+
+
+# the cache key includes data.image_size: another size is decoded again, not served stale
+def test_cache_key_includes_the_image_size(tmp_path) -> None:
+    from engine.data import load_dataset
+
+    root = _class_folder(tmp_path / "src", per_class=5)
+    cache = str(tmp_path / "cache")
+    a = load_dataset(_cfg(root, cache_dir=cache, image_size=16, test_fraction=0.0))
+    b = load_dataset(_cfg(root, cache_dir=cache, image_size=24, test_fraction=0.0))
+    assert tuple(a.train.images.shape[-2:]) == (16, 16)
+    assert b.info["cached"] is False and tuple(b.train.images.shape[-2:]) == (24, 24)
+    c = load_dataset(_cfg(root, cache_dir=cache, image_size=16, test_fraction=0.0))
+    assert c.info["cached"] is True and torch.equal(c.train.images, a.train.images)
+
+
+# the held-out count is test_fraction x images ROUNDED (8 x 0.2 = 1.6 -> 2), not truncated
+def test_hold_out_count_is_rounded(tmp_path) -> None:
+    from engine.data import load_dataset
+
+    root = _class_folder(tmp_path / "src", per_class=4)  # 8 images
+    d = load_dataset(_cfg(root, test_fraction=0.2, seed=1))
+    assert len(d.test) == 2 and len(d.train) == 6
+    assert "held out 2 of 8" in d.info["split"]
+
+
+# 16-bit gray maps to 8 bits by / 257 (65535 -> 255, 257 v -> v), every level
+def test_16bit_gray_maps_to_8bit_by_257(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from engine.data import load_dataset
+
+    levels = np.array([0, 257 * 50, 257 * 128, 257 * 200, 257 * 254, 65535], np.uint16)
+    arr = np.repeat(levels[None, :], 6, axis=0).repeat(1, axis=1)  # [6, 6]: one column per level
+    _save(tmp_path / "src" / "a" / "deep.png", Image.fromarray(arr))
+    d = load_dataset(_cfg(tmp_path / "src", test_fraction=0.0))
+    assert d.train.images[0, 0, 0].tolist() == [0, 50, 128, 200, 254, 255]

@@ -137,3 +137,40 @@ def test_linear_probe_of_a_method_uses_its_embed_and_the_kNN_subsets() -> None:
     assert m.training  # the method's mode is restored
     unlabeled = DataSplits(train=ImageSet(tr[0], None, []), test=None, name="toy", source="toy")
     assert linear_probe_evaluate(m, unlabeled, cfg, torch.device("cpu")) is None
+
+
+# the linear probe standardises with the TRAINING features' statistics only
+def test_linear_probe_scores_a_one_class_test_set() -> None:
+    from engine.evaluation import fit_linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    y_tr = torch.randint(0, 4, (400,), generator=g)
+    onehot = lambda y: torch.nn.functional.one_hot(y, 4).float()  # noqa: E731
+    f_tr = torch.cat([onehot(y_tr), torch.randn(400, 8, generator=g)], 1)
+    y_te = torch.full((50,), 3)  # one class only: its own statistics would wipe out the class signal
+    f_te = torch.cat([onehot(y_te), torch.randn(50, 8, generator=g)], 1)
+    res = fit_linear_probe(f_tr, y_tr, f_te, y_te, 4, epochs=30)
+    assert res["linear_top1"] > 0.95, res
+    assert res["train_top1"] > 0.95, res
+
+
+# the evaluation's queries are TEST images, the bank TRAINING images
+def test_eval_features_take_queries_from_the_test_split() -> None:
+    from engine.config import validate_config
+    from engine.data import DataSplits, ImageSet
+    from engine.evaluation import eval_features
+    from test_cli import _tiny
+
+    cfg = validate_config({**_tiny(), "eval": {"max_bank": 30, "max_queries": 20}})
+    tr = torch.zeros(40, 3, 8, 8, dtype=torch.uint8)
+    te = torch.full((25, 3, 8, 8), 255, dtype=torch.uint8)
+    tr[:, 0] = torch.arange(40, dtype=torch.uint8).view(40, 1, 1)  # the image's index in channel 0
+    te[:, 0] = torch.arange(100, 125, dtype=torch.uint8).view(25, 1, 1)
+    data = DataSplits(train=ImageSet(tr, torch.zeros(40, dtype=torch.long), ["a"]),
+                      test=ImageSet(te, torch.zeros(25, dtype=torch.long), ["a"]), name="toy", source="toy")
+    m = MeanColour(cfg, 8, False)
+    fb, fq, bank_idx, q_idx = eval_features(m, data, cfg, torch.device("cpu"))
+    assert fb.shape == (30, 3) and fq.shape == (20, 3)
+    mean, std = torch.tensor(cfg.aug.mean), torch.tensor(cfg.aug.std)
+    torch.testing.assert_close(fb, ((tr[bank_idx].float() / 255).mean((2, 3)) - mean) / std, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fq, ((te[q_idx].float() / 255).mean((2, 3)) - mean) / std, rtol=1e-4, atol=1e-4)

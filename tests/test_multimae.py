@@ -325,3 +325,42 @@ def test_trains_through_the_trainer(tmp_path) -> None:
           f"{steps[0].scalars['loss_depth']:.3f} -> {steps[-1].scalars['loss_depth']:.3f}, seg "
           f"{steps[0].scalars['loss_seg']:.3f} -> {steps[-1].scalars['loss_seg']:.3f}), "
           f"kNN untrained {untrained:.3f} -> {knn:.3f}")
+
+
+# each modality's decoder queries ITS OWN grid (own visible tokens + mask
+# tokens) and cross-attends to the visible tokens of all modalities + the global token, nothing else
+def test_multimae_decoder_queries_and_context() -> None:
+
+    m = build().eval()
+    B, L, V = 2, m.num_patches, m.num_visible()
+    g = torch.Generator().manual_seed(3)
+    inputs = {"rgb": torch.randn(B, 3, 32, 32, generator=g), "depth": torch.randn(B, 1, 32, 32, generator=g),
+              "seg": torch.randint(0, m.p.seg_classes, (B, 32, 32), generator=g)}
+    masks = m.sample_masks(B, "cpu", generator=g)
+    seen = {}
+    for name, dec in m.decoders.items():
+        dec.xattn.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args))
+    with torch.no_grad():
+        m(inputs, masks, V)
+        tokens = {k: m.tokens(k, inputs[k]) for k in inputs}
+        enc, ids_keep, present = m.encode(tokens, masks, V)
+        for own, dec in m.decoders.items():
+            c = dec.proj_context(enc)
+            glob, vis = c[:, :1], c[:, 1:]
+            full = torch.empty(B, len(present) * L, c.shape[-1])
+            for b in range(B):
+                for i, mod in enumerate(present):
+                    for l in range(L):
+                        emb = dec.task_emb[dec.modalities.index(mod)] + dec.pos[l]
+                        if masks[mod][b, l]:
+                            full[b, i * L + l] = dec.mask_token + emb
+                        else:
+                            k = int((ids_keep[b] == i * L + l).nonzero())
+                            full[b, i * L + l] = vis[b, k] + emb
+            j = present.index(own)
+            q = full[:, j * L:(j + 1) * L]
+            ctx = torch.cat([torch.stack([full[b, ids_keep[b]] for b in range(B)]), glob], dim=1)  # [B, V + 1, d]
+            x_seen, ctx_seen = seen[own]
+            assert ctx_seen.shape == (B, V + 1, c.shape[-1]), own
+            torch.testing.assert_close(x_seen, dec.query_norm(q), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(ctx_seen, dec.context_norm(ctx), rtol=1e-4, atol=1e-5)

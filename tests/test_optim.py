@@ -117,3 +117,15 @@ def test_peak_lr_scales_linearly_or_by_square_root() -> None:
     assert peak_lr(OptimConfig(lr=0.3), 4096) == pytest.approx(4.8)  # SimCLR: 0.3 x B/256
     assert peak_lr(OptimConfig(lr=0.1, lr_scaling="sqrt"), 4096) == pytest.approx(6.4)  # SimCLR v2
     assert peak_lr(OptimConfig(lr=0.1, scale_lr=False, lr_scaling="sqrt"), 4096) == 0.1
+
+
+# a zero weight (or zero gradient) gets trust ratio 1, so a zero-initialised layer still moves
+def test_lars_trust_ratio_is_one_for_a_zero_weight():
+    from engine.optim import LARS
+
+    w = torch.nn.Parameter(torch.zeros(4, 3))
+    g = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    opt = LARS([w], lr=0.1, momentum=0.9, weight_decay=0.01, eta=0.02)
+    w.grad = g.clone()
+    opt.step()
+    torch.testing.assert_close(w.detach(), -0.1 * g)  # trust 1 (and no decay of a zero weight)

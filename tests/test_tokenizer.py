@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.augment import to_float
 from engine.components.tokenizer import TOKENIZER_FORMAT, VQTokenizer, load_tokenizer, save_tokenizer
@@ -157,3 +158,47 @@ def test_bad_files_give_clear_errors(tmp_path) -> None:
     torch.save(bad, mismatch)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_tokenizer(mismatch)
+
+
+# loss = recon + beta * commitment (+ codebook loss, weight 1, without EMA)
+@pytest.mark.parametrize("ema", [True, False])
+def test_tokenizer_loss_weights_commitment_by_beta_and_codebook_by_one(ema: bool) -> None:
+
+    tok = small(ema=ema, beta=0.25)
+    x = torch.randn(4, 3, 32, 32)
+    out = tok(x, update=False)
+    with torch.no_grad():
+        z = tok.encode_vectors(x)
+        zq = tok.codes()[tok.nearest(z)]
+        commit = F.mse_loss(z, zq)
+    assert out["commit_loss"].item() == pytest.approx(commit.item(), rel=1e-5)
+    expected = out["recon_loss"] + 0.25 * commit + (0.0 if ema else commit)  # ||sg(z) - e||^2 equals it in value
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    if not ema:  # the codebook's gradient comes from the codebook loss alone, with weight 1
+        tok.zero_grad()
+        out["loss"].backward()
+        e = tok.codebook.detach().clone().requires_grad_(True)
+        zq_ref = F.normalize(e, dim=-1)[tok.nearest(z)]
+        F.mse_loss(zq_ref, z.detach()).backward()
+        torch.testing.assert_close(tok.codebook.grad, e.grad, rtol=1e-4, atol=1e-7)
+
+
+# codes_used = distinct codes of the batch, perplexity = exp(entropy of the histogram)
+def test_tokenizer_codes_used_and_perplexity_monitors() -> None:
+
+    tok = small()
+    x = torch.randn(4, 3, 32, 32)  # 4 x 64 = 256 codes of 32
+    out = tok(x, update=False)
+    codes = out["codes"].reshape(-1)
+    counts = torch.bincount(codes, minlength=32).float()
+    assert out["codes_used"].item() == codes.unique().numel()
+    p = counts[counts > 0] / counts.sum()
+    assert out["perplexity"].item() == pytest.approx(torch.exp(-(p * p.log()).sum()).item(), rel=1e-5)
+    # a code used exactly once counts as used: codes 0 (63 times) and 3 (once)
+    fixed = torch.zeros(1, 8, 8, dtype=torch.long)
+    fixed[0, 2, 5] = 3
+    tok.nearest = lambda z, chunk=16384: fixed
+    out2 = tok(x[:1], update=False)
+    assert out2["codes_used"].item() == 2
+    q = torch.tensor([63 / 64, 1 / 64])
+    assert out2["perplexity"].item() == pytest.approx(torch.exp(-(q * q.log()).sum()).item(), rel=1e-5)

@@ -320,3 +320,22 @@ def test_resume_restores_the_global_rng(tmp_path):
     a, b = loss(metrics(tmp_path / "full")), loss(metrics(tmp_path / "part"))
     for s in range(5, 9):
         assert b[s] == pytest.approx(a[s], rel=1e-5, abs=1e-6), s
+
+
+# optimiser step s trains on batch divmod(s, steps_per_epoch) of the stream:
+# epoch 0 starts with its batch 0 and every batch of an epoch is used once
+def test_trainer_step_s_takes_batch_divmod_s_steps_per_epoch(tmp_path, monkeypatch) -> None:
+    from engine.data.stream import BatchStream
+
+    calls = []
+    real = BatchStream.batch
+
+    def record(self, epoch, index):
+        calls.append((epoch, index))
+        return real(self, epoch, index)
+
+    monkeypatch.setattr(BatchStream, "batch", record)
+    tr = _trainer(tmp_path, **{"train.steps": 6, "train.batch_size": 64, "train.eval_every": 0,
+                               "train.ckpt_every": 10_000})  # 256 training images: 4 batches an epoch
+    tr.run()
+    assert calls == [divmod(s, 4) for s in range(6)]
