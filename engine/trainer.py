@@ -33,7 +33,7 @@ from .config import OptimConfig, RunConfig, live_keys, total_steps, validate_con
 from .data import DataSplits, load_dataset
 from .data.stream import BatchStream
 from .errors import Cancelled, CheckpointError, ConfigError, DataError, TrainingError, UserError
-from .methods import create_method
+from .methods import create_method, get_method
 from .methods.base import Batch, Method
 from .evaluation import knn_evaluate, standardize_features
 from .monitors import collapse_indicators
@@ -126,8 +126,6 @@ class Trainer:
             if section == "optim":
                 checked = OptimConfig(**{**self.cfg.optim.model_dump(), name: value})
             else:
-                from .methods import get_method
-
                 checked = get_method(self.cfg.method).Params(**{**self.cfg.params, **self.live_params(), name: value})
         except ValidationError as e:
             err = e.errors()[0]
@@ -273,7 +271,12 @@ class Trainer:
             raise ConfigError(_nothing_to_resume(int(state["step"])))
         self.stream = BatchStream(data.train, cfg.train.batch_size, self.device, seed=cfg.train.seed,
                                   on_device=cfg.data.on_device)
-        self.augment = GPUAugment(cfg.aug, img)
+        aug = cfg.aug
+        if aug.local_crops.count and not get_method(cfg.method).uses_local_crops:  # e.g. a DINO preset's 6
+            self._emit(ev.RunWarning(0, message=f"{cfg.method} uses no local crops: aug.local_crops.count="
+                                                f"{aug.local_crops.count} is ignored (none are made)"))
+            aug = aug.model_copy(update={"local_crops": aug.local_crops.model_copy(update={"count": 0})})
+        self.augment = GPUAugment(aug, img)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(cfg.train.seed + 1)
 

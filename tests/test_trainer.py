@@ -339,3 +339,14 @@ def test_trainer_step_s_takes_batch_divmod_s_steps_per_epoch(tmp_path, monkeypat
                                "train.ckpt_every": 10_000})  # 256 training images: 4 batches an epoch
     tr.run()
     assert calls == [divmod(s, 4) for s in range(6)]
+
+
+def test_local_crops_are_not_made_for_a_method_that_ignores_them(tmp_path):
+    """A DINO-style multi-crop setting kept when switching to SimCLR would compute crops that
+    SimCLR never reads: none are made, and the run says so."""
+    seen: list[ev.Event] = []
+    tr = _trainer(tmp_path, listeners=(seen.append,),
+                  **{"train.steps": 1, "aug.local_crops.count": 4, "aug.local_crops.size": 16})
+    tr.run()
+    assert len(tr.augment(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), generator=tr.gen)) == 2
+    assert any(isinstance(e, ev.RunWarning) and "uses no local crops" in e.message for e in seen)

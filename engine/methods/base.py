@@ -103,6 +103,8 @@ class Method(nn.Module):
     # step scalars that are collapse indicators too: each evaluation carries their latest values
     # (DINO: teacher entropy, log K, KL), so the collapse check and its plots see them
     indicator_scalars: ClassVar[tuple[str, ...]] = ()
+    # multi-crop methods read batch.views[n_global:]; for the others the trainer makes no local crops
+    uses_local_crops: ClassVar[bool] = False
     # the step where the run's LR / weight-decay schedule (warm-up, cosine) begins; before it the
     # scheduled groups get LR 0 (BEiT: its encoder starts after the tokenizer stage)
     schedule_start: int = 0

@@ -77,6 +77,7 @@ class DINOParams(Params):
 
 class DINO(Method):
     name = "dino"
+    uses_local_crops = True
     family = "self-distillation"
     paper = "Caron et al., Emerging Properties in Self-Supervised Vision Transformers, ICCV 2021"
     summary = (

@@ -63,6 +63,7 @@ class SwAVParams(Params):
 
 class SwAV(Method):
     name = "swav"
+    uses_local_crops = True
     family = "contrastive"
     paper = ("Caron et al., Unsupervised Learning of Visual Features by Contrasting Cluster Assignments, "
              "NeurIPS 2020")
