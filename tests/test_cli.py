@@ -268,3 +268,33 @@ def test_plain_state_dict_unwraps_torch_compile() -> None:
     sd = _plain_state_dict(compiled)
     assert list(sd) == list(m.state_dict())
     torchvision.models.resnet18().load_state_dict(sd, strict=True)
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_stops_cleanly_with_a_checkpoint(tmp_path, sig):
+    """Ctrl-C (or a scheduler's SIGTERM) ends the run after the current step: exit 0, status
+    'stopped', a checkpoint to resume from, the run folder's lock released."""
+    import signal
+    import time
+
+    path = write_cfg(tmp_path, _tiny())
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "engine.cli.train", "--config", str(path), "--out", str(out),
+                          "--steps", "100000", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def trained() -> bool:
+            m = out / "metrics.jsonl"
+            return m.exists() and '"train"' in m.read_text()
+
+        deadline = time.monotonic() + 120
+        while not trained():
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.2)
+        p.send_signal(getattr(signal, sig))
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 0, stderr
+    assert "stopped at step" in stdout
+    assert json.loads((out / "run.json").read_text())["status"] == "stopped"
+    assert (out / "checkpoints" / "last.pt").is_file() and not (out / "run.lock").exists()

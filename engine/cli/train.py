@@ -142,11 +142,18 @@ def _main(argv: list[str] | None) -> int:
         print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
         trainer.stop()
 
+    def on_sigterm(signum, frame):  # a scheduler's or `kill`'s request: stop cleanly, as Ctrl-C
+        print("\nSIGTERM: stopping after this step", file=sys.stderr)
+        trainer.stop()
+
+    old_term = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         fin = trainer.run()
     finally:
         signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old_term)
     knn = "n/a" if fin.knn_top1 is None else f"{fin.knn_top1:.4f}"
     print(f"{fin.status} at step {fin.step} in {fin.seconds:.1f} s; kNN top-1 {knn}; run folder {run_dir}")
     return 0
