@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.cli import evaluate, export, train
-from helpers import metrics, write_cfg
+from helpers import metrics, with_, write_cfg
 
 
 def test_list_methods(capsys):
@@ -153,7 +153,9 @@ def test_export_prints_a_timm_recipe_that_loads_a_cifar_stem_run(tmp_path, capsy
     """The printed timm line is code a user can paste: for a CIFAR-stem ResNet it swaps the stem."""
     import timm
 
-    cfg = write_cfg(tmp_path, {**_tiny(), "model": {"arch": "resnet18", "cifar_stem": True}})
+    cfg = write_cfg(tmp_path, with_(_tiny(), **{"model.cifar_stem": True, "data.shapes_size": 16,  # small: a
+                                                 "aug.global_crops.size": 16, "eval.max_bank": 64,  # CIFAR stem
+                                                 "eval.max_queries": 32}))  # keeps the full resolution
     assert train.main(["--config", str(cfg), "--out", str(tmp_path / "r"), "--steps", "1", "--quiet"]) == 0
     capsys.readouterr()
     out = tmp_path / "bb.pt"
