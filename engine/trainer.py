@@ -92,6 +92,7 @@ class Trainer:
         self.live: dict[str, Any] = {}
         self.best_knn: float | None = None
         self.last_knn: float | None = None
+        self._saved_at = self._evaluated_at = self._probed_at = -1  # steps of the last of each
         self.status = "created"
         self._started = False  # RunStarted emitted (a resume that fails before keeps run.json as it was)
         self._paused_s = 0.0  # time spent paused (the time limit counts training time only)
@@ -375,6 +376,7 @@ class Trainer:
             "image_size": int(self.method.image_size),  # the crop size the model was built for
         }
         save_checkpoint(self.rd.checkpoint, state)
+        self._saved_at = self.step
         self._emit(ev.CheckpointSaved(self.step, path=str(self.rd.checkpoint)))
 
     def _apply_change(self, key: str, value: Any, emit: bool = True) -> None:
@@ -519,11 +521,15 @@ class Trainer:
     def _final_save_and_eval(self) -> None:
         """Checkpoint first (an evaluation that fails, e.g. out of memory, loses nothing), then
         evaluate; save again when the evaluation set a new best kNN (kept in the checkpoint)."""
-        self._checkpoint()
+        if self._saved_at != self.step:  # (a stop or the end on an evaluation step: done already)
+            self._checkpoint()
         best = self.best_knn
-        self._evaluate()
+        if self._evaluated_at != self.step:
+            self._evaluate()
         if self.best_knn != best:
             self._checkpoint()
+        if self._probed_at != self.step:  # the last snapshot shows the final model (step slider's end)
+            self._probe()
 
     @torch.no_grad()
     def _evaluate(self) -> None:
@@ -538,15 +544,19 @@ class Trainer:
             indicators = collapse_indicators(pair[0].float(), pair[1].float())
         last = getattr(self, "_last_scalars", {})
         indicators.update({k: last[k] for k in self.method.indicator_scalars if k in last})
+        if knn is not None and not math.isfinite(knn):  # a diverged network's features: no accuracy
+            knn = None
         self.last_knn = knn
         if knn is not None and (self.best_knn is None or knn > self.best_knn):
             self.best_knn = knn
+        self._evaluated_at = self.step
         self._emit(ev.Evaluation(self.step, knn_top1=knn, indicators=indicators, embedding=emb, labels=labels,
                                  knn_standardized=knn is not None and standardize_features(self.method, self.cfg)))
         self._write_summary("running")
 
     @torch.no_grad()
     def _probe(self) -> None:
+        self._probed_at = self.step
         method = self.method
         was = method.training
         method.eval()

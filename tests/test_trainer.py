@@ -209,17 +209,16 @@ def test_non_finite_weights_under_a_finite_loss_are_never_checkpointed(tmp_path,
 
     def listen(e):
         seen.append(e)
-        if isinstance(e, ev.CheckpointSaved) and e.step == 4:
+        if isinstance(e, ev.StepMetrics) and e.step == 4:  # after step 4's (finite) loss, before its checkpoint
             with torch.no_grad():  # as a non-finite gradient would leave them
                 next(tr.method.backbone.parameters()).fill_(float("nan"))
-            tr.stop()
 
-    tr = _trainer(tmp_path, listeners=(listen,), **{"train.steps": 20, "train.ckpt_every": 4,
-                                                     "train.log_every": 100})
+    tr = _trainer(tmp_path, listeners=(listen,), **{"train.steps": 4, "train.ckpt_every": 2,
+                                                     "train.log_every": 1})
     with pytest.raises(TrainingError, match="weights became NaN"):
         tr.run()
     ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
-    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
 def test_failed_resume_leaves_the_run_summary_alone(tmp_path):
@@ -351,3 +350,47 @@ def test_local_crops_are_not_made_for_a_method_that_ignores_them(tmp_path):
     tr.run()
     assert len(tr.augment(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), generator=tr.gen)) == 2
     assert any(isinstance(e, ev.RunWarning) and "uses no local crops" in e.message for e in seen)
+
+
+def test_a_stop_on_an_evaluation_step_evaluates_and_saves_once_and_nan_knn_is_no_best(tmp_path, monkeypatch):
+    """Stopping (or ending) right on an evaluation + checkpoint step does not do both again; a
+    kNN of NaN (a diverged network's features) is no accuracy: it never becomes the best."""
+    import json
+
+    import engine.trainer as trainer_mod
+
+    real = trainer_mod.knn_evaluate
+    calls = []
+
+    def knn(*a, **k):
+        calls.append(1)
+        acc, emb, lab = real(*a, **k)
+        return (float("nan") if len(calls) == 1 else acc), emb, lab
+
+    monkeypatch.setattr(trainer_mod, "knn_evaluate", knn)
+    seen: list[ev.Event] = []
+
+    def listen(e):
+        seen.append(e)
+        if isinstance(e, ev.Evaluation) and e.step == 4:
+            tr.stop()  # pressed right after the step-4 evaluation: its checkpoint follows in the loop
+
+    tr = _trainer(tmp_path, listeners=(listen,), **{"train.steps": 8, "train.eval_every": 2,
+                                                     "train.ckpt_every": 2})
+    assert tr.run().status == "stopped"
+    evals = [e.step for e in seen if isinstance(e, ev.Evaluation)]
+    saves = [e.step for e in seen if isinstance(e, ev.CheckpointSaved)]
+    assert evals == [2, 4] and saves == [2, 4]
+    assert [e.knn_top1 for e in seen if isinstance(e, ev.Evaluation)][0] is None
+    summary = json.loads((tmp_path / "r" / "run.json").read_text())  # strict JSON: no NaN
+    assert summary["best_knn_top1"] == summary["last_knn_top1"] is not None
+
+
+def test_the_last_probe_snapshot_is_of_the_final_step(tmp_path):
+    """Probes run every probe_every_s seconds; the run's end adds one of the final model, so the
+    studio's step slider ends where the run ended."""
+    seen: list[ev.Event] = []
+    _trainer(tmp_path, listeners=(seen.append,), **{"train.steps": 3, "model.arch": "vit_tiny",
+                                                     "model.patch_size": 8, "train.probe_every_s": 1000}).run()
+    probes = [e.step for e in seen if isinstance(e, ev.VisualProbe)]
+    assert probes and probes[-1] == 3
