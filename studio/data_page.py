@@ -595,7 +595,7 @@ class DataPage(QWidget):
         cell = 84
         self.preview.setPixmap(compose_rows(rows, cell, self.palette(), label_w=56, header=names))
         n_views = len(result["names"])
-        note = f"{n_views} views per image; crops drawn at their own size, shown at {cell} px."
+        note = f"{n_views} view{'s' if n_views != 1 else ''} per image; crops drawn at their own size, shown at {cell} px."
         if result.get("mask_note"):
             note += " " + result["mask_note"] + "."
         self.preview_note.setText(note)

@@ -687,7 +687,8 @@ class MainWindow(QMainWindow):
                     self.report_error("Export", str(e))
             return
         ext = {"safetensors": ".safetensors"}.get(fmt, ".pth")
-        out = self.choose_save_path(f"Export backbone ({fmt})", f"{name}-backbone{ext}", f"*{ext}")
+        stem = f"{name}-backbone" if fmt == "safetensors" else f"{name}-backbone-{fmt}"  # torchvision != timm keys
+        out = self.choose_save_path(f"Export backbone ({fmt})", f"{stem}{ext}", f"*{ext}")
         if not out:
             return
         self.export_backbone_in_background(run_dir, fmt, out)
