@@ -344,7 +344,8 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if self.cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.best_knn = state.get("best_knn")
+        best = state.get("best_knn")
+        self.best_knn = best if best is not None and math.isfinite(best) else None  # (NaN in older checkpoints)
         saved_cfg = state.get("config") or {}
         now_cfg = self.cfg.model_dump(mode="json")
         for k, v in (state.get("live") or {}).items():
@@ -536,8 +537,8 @@ class Trainer:
         knn, emb, labels = knn_evaluate(self.method, self.data, self.cfg, self.device, self.autocast_dtype)
         if knn is None and not getattr(self, "_warned_nolabels", False):
             self._warned_nolabels = True
-            self._emit(ev.RunWarning(self.step, message="no labels in the data (a flat folder, one class folder, or no test split): "
-                                                         "kNN accuracy is not computed"))
+            self._emit(ev.RunWarning(self.step, message="no labels in the data (a flat folder, one class folder, "
+                                                         "or no test split): kNN accuracy is not computed"))
         indicators = {}
         pair = getattr(self, "_last_pair", None)
         if pair is not None:
