@@ -20,8 +20,11 @@ class CheckpointError(UserError):
     """A checkpoint is missing, truncated or does not match the config."""
 
 
-class OutputError(UserError):
-    """A file cannot be written: a read-only or missing folder, a folder in the way, a full disk."""
+class OutputError(UserError, OSError):
+    """A file cannot be written: a read-only or missing folder, a folder in the way, a full disk.
+
+    Also an OSError, so the callers that already continue without an optional file (the decode
+    cache, run.json at the end of a run, the studio's exports) keep doing so."""
 
 
 class TrainingError(Exception):

@@ -41,3 +41,16 @@ def test_only_whole_file_modes() -> None:
     with pytest.raises(ValueError, match="whole files"):
         with atomic_open("x", "ab"):
             pass
+
+
+def test_a_file_that_cannot_be_written_is_a_user_error_and_an_oserror(tmp_path) -> None:
+    """One clear message for the CLI (UserError: exit 2), still an OSError for the callers that
+    carry on without an optional file (the decode cache, run.json, the studio's exports)."""
+    from engine.errors import UserError
+    from engine.fileio import atomic_write_text
+
+    (tmp_path / "a-file").write_text("x")
+    for target in (tmp_path, tmp_path / "a-file" / "out.txt"):
+        with pytest.raises(UserError, match="cannot write") as e:
+            atomic_write_text(target, "data")
+        assert isinstance(e.value, OSError)
