@@ -38,6 +38,7 @@ from .methods.base import Batch, Method
 from .evaluation import knn_evaluate, standardize_features
 from .monitors import collapse_indicators
 from .optim import build_optimizer, cosine_schedule, peak_lr, set_lr_wd, warmup_steps
+from .preflight import check_crops, crop_size, known_image_size, preflight
 from .probes import save_probe
 from .rundir import prepare_run_dir
 
@@ -249,6 +250,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
 
+        # the setup's own checks first (a method refusing its encoder), before a load of minutes
+        preflight(cfg, self._data.image_size if self._data is not None else known_image_size(cfg.data))
         # data
         data = self._data or load_dataset(cfg.data, should_stop=self._stop.is_set)
         self.data = data
@@ -259,12 +262,8 @@ class Trainer:
                 f"{cfg.train.batch_size}; lower --batch-size"
             )
         img = data.image_size
-        gsize = cfg.aug.global_crops.size or img
-        if gsize > img or (cfg.aug.local_crops.count and (cfg.aug.local_crops.size or img) > img):
-            raise DataError(
-                f"images are {img} px but the crops are {gsize} px (global) / "
-                f"{cfg.aug.local_crops.size} px (local); lower aug.*_crops.size or set data.image_size"
-            )
+        check_crops(cfg, img)
+        gsize = crop_size(cfg, img)
         for w in data.info.get("warnings", []):  # skipped files, resized images, no test split, no cache...
             self._emit(ev.RunWarning(0, message=w))
         self.total, self.spe = total_steps(cfg, n_train)

@@ -60,9 +60,14 @@ from PySide6.QtWidgets import (
 from engine.config import RunConfig, condition_holds, live_keys, load_yaml, validate_config
 from engine.errors import ConfigError, UserError
 from engine.methods import get_method
+from engine.preflight import known_image_size
 from engine.presets import list_presets, load_preset, preset_description
 
 from . import theme
+from .setup_check import SetupCheck
+
+# a preset sets a method and its recipe; where it does not name these, the user's choice stays
+KEPT_BY_PRESETS = ("data.source", "data.cache_dir", "train.device")
 
 SECTIONS: list[tuple[str, str]] = [
     ("params", "Method"),
@@ -596,8 +601,14 @@ class ParameterInspector(QWidget):
         self._values: dict[str, Any] = defaults.model_dump(mode="json")
         self._baseline: dict[str, Any] = copy.deepcopy(self._values)
         self._cfg: RunConfig | None = defaults
-        self._error = ""
+        self._error = ""  # shown: a value's error, else the method's refusal of the setup
         self._error_key: str | None = None
+        self._value_error = ""  # the schema's reason (or an unparsable text)
+        self._setup_error = ""  # the method's reason (engine.preflight), as last checked
+        self._setup = SetupCheck(self)
+        self._setup.checked.connect(self._setup_checked)
+        # side of the images a setup will train on, when known (the window adds loaded data)
+        self.image_size_of: Callable[[RunConfig], int | None] = lambda cfg: known_image_size(cfg.data)
         self._parse_errors: dict[str, str] = {}
         self._rows: dict[str, _Row] = {}
         self._sections: dict[str, _Section] = {}
@@ -606,6 +617,7 @@ class ParameterInspector(QWidget):
         self._block_filter: list[str] | None = None
         self._text_filter = ""
         self._preset: str | None = None
+        self._preset_methods: dict[str, str] | None = None  # preset -> its method (read once)
         # injectable file dialogs (tests): () -> path or ""
         self.open_file_dialog: Callable[[], str] = self._ask_open
         self.save_file_dialog: Callable[[], str] = self._ask_save
@@ -655,7 +667,9 @@ class ParameterInspector(QWidget):
 
         self.banner = QLabel()
         self.banner.setWordWrap(True)
-        self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse
+                                            | Qt.TextInteractionFlag.LinksAccessibleByMouse)
+        self.banner.linkActivated.connect(self._banner_link)
         self.banner.hide()
 
         self.form = QWidget()
@@ -827,9 +841,12 @@ class ParameterInspector(QWidget):
         row.editor.set_invalid(bool(message))
 
     def _revalidate(self) -> None:
-        """Build the config through the engine; update errors, marks and listeners."""
+        """Build the config through the engine; update errors, marks and listeners.
+
+        Each value is checked here at once (the schema); the method's checks of the combination
+        follow from ``self._setup`` (off the GUI thread) and update the same error display."""
         cfg: RunConfig | None = None
-        msg, key = "", None
+        msg = ""
         if self._parse_errors:
             key, why = next(iter(self._parse_errors.items()))
             msg = f"invalid value for '{key}': {why}"
@@ -838,33 +855,75 @@ class ParameterInspector(QWidget):
                 cfg = validate_config(copy.deepcopy(self._values))
             except ConfigError as e:
                 msg = str(e)
-                key = self._key_of_error(msg)
             except Exception as e:  # noqa: BLE001 - a method's validator raising something odd
                 msg = f"{type(e).__name__}: {e}"
-        self._cfg, self._error, self._error_key = cfg, msg, key
+        self._cfg, self._value_error = cfg, msg
         if cfg is not None:
             self._live = set(live_keys(cfg))
+            if not self._running and self._setup.request(cfg, self.image_size_of(cfg)):
+                self._setup_error = self._setup.problem
+        self._show_validity()
+        self.config_changed.emit(cfg)
+
+    def _setup_checked(self) -> None:
+        """The method's answer for the newest setup arrived (``SetupCheck.checked``)."""
+        if self._setup.problem != self._setup_error:
+            self._setup_error = self._setup.problem
+            self._show_validity()
+
+    def _show_validity(self) -> None:
+        """Errors on the fields and in the banner; ``validity_changed`` for the window's Start."""
+        msg = self._value_error or ("" if self._cfg is None or self._running else self._setup_error)
+        if self._parse_errors:
+            key = next(iter(self._parse_errors))
+        else:
+            key = self._key_of_error(msg) if msg else None
+        self._error, self._error_key = msg, key
         self._apply_row_states()
         if msg:
             color = theme.pick(theme.ERROR_COLOR).name()
-            self.banner.setText(f"<span style='color:{color}'>⚠ {_html(msg)}</span>")
+            text = f"<span style='color:{color}'>⚠ {_html(msg)}</span>"
+            if not self._value_error:  # the method refuses the combination: offer its own recipes
+                links = ", ".join(f"<a href='preset:{n}'>{n}</a>" for n in self.presets_of(self.method()))
+                if links:
+                    text += f"<br><small>or start from a preset of {_html(self.method())}: {links}</small>"
+            self.banner.setText(text)
             self.banner.show()
         else:
             self.banner.hide()
-        self.validity_changed.emit(cfg is not None, msg)
-        self.config_changed.emit(cfg)
+        self.validity_changed.emit(self.is_valid(), msg)
+
+    def recheck(self) -> None:
+        """Check the setup again (the images' size became known: the data finished loading)."""
+        if self._cfg is not None and not self._running:
+            if self._setup.request(self._cfg, self.image_size_of(self._cfg)):
+                self._setup_checked()
+
+    def shutdown(self) -> None:
+        """The window closes: no new setup check, the running one ends."""
+        self._setup.cancel()
+        self._setup.wait()
+
+    def check_now(self) -> bool:
+        """Finish the method's check of the current setup now (Start); True when it can run."""
+        if self._cfg is not None and not self._running and self._setup.pending():
+            self._setup.check_now()
+            self._setup_checked()
+        return self.is_valid()
 
     def _key_of_error(self, msg: str) -> str | None:
-        m = re.search(r"'([^']+)'", msg)
-        if not m:
-            return None
-        loc = m.group(1)
-        best = None
-        for k in self._rows:
-            if loc == k or loc.startswith(k + "."):
-                if best is None or len(k) > len(best):
-                    best = k
-        return best
+        """The setting an engine message is about: a quoted location ('optim.lr'), else the
+        first setting it names (\"set aug.global_crops.count to 2\", \"(model.arch vit_*)\")."""
+        candidates = re.findall(r"'([^']+)'", msg) + re.findall(r"\b[a-z_]+(?:\.[a-z0-9_]+)+", msg)
+        for loc in candidates:
+            best = None
+            for k in self._rows:
+                if loc == k or loc.startswith(k + "."):
+                    if best is None or len(k) > len(best):
+                        best = k
+            if best is not None:
+                return best
+        return None
 
     def _apply_row_states(self) -> None:
         bold = QFont(self.font())
@@ -945,7 +1004,8 @@ class ParameterInspector(QWidget):
         return self._error
 
     def is_valid(self) -> bool:
-        return self._cfg is not None
+        """The values pass the schema and the method accepts them (as last checked)."""
+        return self._cfg is not None and not (self._setup_error and not self._running)
 
     def raw_config(self) -> dict[str, Any]:
         """The current values as a plain dict (what YAML files hold)."""
@@ -1034,7 +1094,24 @@ class ParameterInspector(QWidget):
         return cfg
 
     def load_preset(self, name: str) -> RunConfig:
-        return self.load_config(load_preset(name), preset=name)
+        """Load a preset: its method and recipe; the dataset and device chosen stay unless it names them."""
+        raw = load_preset(name)
+        for key in KEPT_BY_PRESETS:
+            section, field_name = key.split(".")
+            if isinstance(raw.setdefault(section, {}), dict) and field_name not in raw[section]:
+                raw[section][field_name] = copy.deepcopy(get_dotted(self._values, key))
+        return self.load_config(raw, preset=name)
+
+    def presets_of(self, method: str) -> list[str]:
+        """The presets that set up ``method`` (offered when the method refuses the setup)."""
+        if self._preset_methods is None:
+            self._preset_methods = {}
+            for name in list_presets():
+                try:
+                    self._preset_methods[name] = str(load_preset(name).get("method", "simclr"))
+                except UserError:
+                    continue
+        return [n for n, m in self._preset_methods.items() if m == method]
 
     def load_yaml_file(self, path: str) -> RunConfig:
         return self.load_config(load_yaml(path))
@@ -1062,7 +1139,11 @@ class ParameterInspector(QWidget):
         self._running = running
         for w in (self.preset_combo, self.open_btn, self.reset_btn):
             w.setEnabled(not running)
-        self._apply_row_states()
+        if running:
+            self._setup.cancel()  # the run checks its own setup; edits now are live changes
+        else:
+            self.recheck()
+        self._show_validity()
         self._apply_filters()
 
     # --------------------------------------------------------- file dialogs
@@ -1095,10 +1176,16 @@ class ParameterInspector(QWidget):
         except (UserError, OSError) as e:
             self.error.emit(str(e))
 
+    def _banner_link(self, href: str) -> None:
+        if href.startswith("preset:"):
+            self._load_preset_reporting(href.split(":", 1)[1])
+
     def _preset_activated(self, index: int) -> None:
         name = self.preset_combo.itemData(index)
-        if not name:
-            return
+        if name:
+            self._load_preset_reporting(name)
+
+    def _load_preset_reporting(self, name: str) -> None:
         try:
             self.load_preset(name)
             self.message.emit(f"preset {name}: {preset_description(name)}")

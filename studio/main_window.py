@@ -54,6 +54,7 @@ from engine.config import RunConfig, load_yaml, validate_config
 from engine.errors import ConfigError, UserError
 from engine.fileio import atomic_write_text
 from engine.methods import get_method
+from engine.preflight import known_image_size
 from engine.presets import list_presets
 
 from . import theme
@@ -303,6 +304,8 @@ class MainWindow(QMainWindow):
         self.diagram.block_selected.connect(self._on_block_selected)
         self.data_page.source_chosen.connect(self._on_source_chosen)
         self.data_page.load_failed.connect(lambda msg: self.statusBar().showMessage(f"data: {msg}", 10000))
+        self.inspector.image_size_of = self._image_size_of
+        self.data_page.data_loaded.connect(lambda _splits: self.inspector.recheck())
         self.device_picker.currentIndexChanged.connect(self._on_device_picked)
         self.act_start.triggered.connect(self.start_run)
         self.act_pause.triggered.connect(self.pause_run)
@@ -417,6 +420,14 @@ class MainWindow(QMainWindow):
             f" &nbsp;<span style='color:gray'>{cls.family}</span><br>"
             f"<i>{cls.paper}</i><br>{summary}")
 
+    def _image_size_of(self, cfg: RunConfig) -> int | None:
+        """Side of the images ``cfg`` trains on: known from the config, else from the loaded data."""
+        size = known_image_size(cfg.data)
+        if size is None:
+            splits = self.data_page.data_for(cfg)
+            size = splits.image_size if splits is not None else None
+        return size
+
     def _on_config_changed(self, cfg: RunConfig | None) -> None:
         self.diagram.set_changed_keys(self.inspector.changed_keys())
         if cfg is not None:
@@ -450,7 +461,7 @@ class MainWindow(QMainWindow):
         if self.controller.is_running():
             return None
         cfg = self.inspector.config()
-        if cfg is None:
+        if not self.inspector.check_now():  # (the method's check of the last edit may still run)
             self.report_error("Cannot start", self.inspector.error_text() or "the settings are not valid")
             return None
         try:
@@ -496,9 +507,10 @@ class MainWindow(QMainWindow):
         return self.controller.wait(timeout_s)
 
     def shutdown(self, timeout_s: float | None = 300.0) -> None:
-        """Stop a run cleanly, wait for every thread (run, data loader, preview), save settings."""
+        """Stop a run cleanly, wait for every thread (run, data loader, preview, setup check), save settings."""
         self.controller.shutdown(timeout_s)
         self.data_page.shutdown()
+        self.inspector.shutdown()
         for job in (self.probe_job, self.export_job):
             if job is not None:
                 job.wait()
@@ -630,7 +642,10 @@ class MainWindow(QMainWindow):
 
     def _resume_opened(self) -> None:
         cfg = self.inspector.config()
-        if self.opened_run and cfg is not None and not self.controller.is_running():
+        if self.opened_run and not self.controller.is_running():
+            if not self.inspector.check_now():
+                self.report_error("Cannot resume", self.inspector.error_text() or "the settings are not valid")
+                return
             self._start(cfg.model_copy(deep=True), self.opened_run, resume=True)
 
     def linear_probe_run(self, run_dir: str) -> bool:

@@ -159,12 +159,13 @@ class MoCoV1(Method):
         self.key_projector = make_teacher(self.projector)
         # the dictionary: K keys [K, proj_out], random unit vectors until real keys arrive
         self.queue = FeatureQueue(p.queue_size, p.proj_out)
-        self._randomise_unfilled_rows()
+        self._randomise_unfilled_rows(0)  # (the queue is empty: no host read, so it also builds on 'meta')
         self._pending: torch.Tensor | None = None  # this step's keys, enqueued after the optimiser step
 
     @torch.no_grad()
-    def _randomise_unfilled_rows(self) -> None:
-        rows = self.queue.feats[int(self.queue.count):]  # host read: only at init and on resize
+    def _randomise_unfilled_rows(self, filled: int | None = None) -> None:
+        n = int(self.queue.count) if filled is None else filled  # host read: only on resize
+        rows = self.queue.feats[n:]
         rows.copy_(F.normalize(torch.randn_like(rows), dim=1))
 
     @torch.no_grad()

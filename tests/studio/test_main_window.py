@@ -185,6 +185,71 @@ def test_invalid_value_disables_start_with_the_reason(make_window, tmp_path):
     assert win.act_start.isEnabled() and insp.error_text() == "" and insp.editor("optim.lr").edit.text() == "0.01"
 
 
+def test_a_setup_the_method_refuses_disables_start_with_its_reason(make_window, qtbot, tmp_path):
+    """Values each in range, a combination the method refuses (engine.preflight): Start is
+    disabled with the method's own reason on the setting it names, as for a value out of range."""
+    win = make_window()
+    insp = win.inspector
+    win.select_method("mae")  # the tiny setup's ResNet-18 stays: MAE needs a ViT
+    qtbot.waitUntil(lambda: not win.act_start.isEnabled(), timeout=10_000)
+    assert "MAE needs a ViT encoder" in insp.error_text() and "MAE needs a ViT" in win.act_start.toolTip()
+    assert insp.banner.isVisibleTo(insp) and insp._rows["model.arch"].error.isVisibleTo(insp)
+    assert win.start_run() is None and win.controller.thread is None
+    assert "MAE needs a ViT" in win.dialogs.errors[-1][1]
+    insp.set_value("model.arch", "vit_tiny")
+    insp.set_value("model.patch_size", 4)
+    qtbot.waitUntil(lambda: win.act_start.isEnabled(), timeout=10_000)
+    assert insp.error_text() == "" and not insp.banner.isVisibleTo(insp)
+    # Start right after an edit does not wait for the background check: it makes it at once
+    insp.set_value("model.num_heads", 5)  # 5 heads cannot split the 192 channels of vit_tiny
+    assert win.start_run() is None and win.controller.thread is None
+    assert "num_heads" in win.dialogs.errors[-1][1] and not win.act_start.isEnabled()
+    insp.set_value("model.num_heads", None)
+    # crops larger than the images: known from the shapes' size before anything is loaded
+    insp.set_value("aug.global_crops.size", 48)
+    qtbot.waitUntil(lambda: not win.act_start.isEnabled(), timeout=10_000)
+    assert "images are 32 px but the crops are 48 px" in insp.error_text()
+    assert insp._rows["aug.global_crops.size"].error.isVisibleTo(insp)
+    # a setup seen before answers at once (no wait)
+    insp.set_value("aug.global_crops.size", 32)
+    assert win.act_start.isEnabled() and insp.error_text() == ""
+    # the refusal offers the method's own presets; one loads with the chosen dataset and device kept
+    insp.set_value("model.arch", "resnet18")
+    insp.set_value("data.source", str(tmp_path / "my-images"))
+    insp.set_value("train.device", "cpu")
+    qtbot.waitUntil(lambda: not win.act_start.isEnabled(), timeout=10_000)
+    assert "preset:mae_small" in insp.banner.text() and "preset:simclr" not in insp.banner.text()
+    insp.banner.linkActivated.emit("preset:mae_small")
+    assert insp.current_preset() == "mae_small" and insp.value("model.arch") == "vit_tiny"
+    assert insp.value("data.source") == str(tmp_path / "my-images") and insp.value("train.device") == "cpu"
+    assert insp.check_now() and win.act_start.isEnabled()
+
+
+def test_the_method_check_uses_the_loaded_images_size(make_window, qtbot, tmp_path):
+    """A folder at its native size: the size is known once the data page has loaded it, and
+    the method is checked again then (a Swin needs a multiple of 32 px)."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            d = tmp_path / "imgs" / split / c
+            d.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), (60 * i, 90, 30)).save(d / f"{i}.png")
+    win = make_window()
+    insp = win.inspector
+    insp.set_value("model.arch", "swin_tiny")
+    insp.set_value("aug.global_crops.size", None)
+    insp.set_value("data.source", str(tmp_path / "imgs"))
+    qtbot.wait(400)
+    assert insp.check_now() and win.act_start.isEnabled()  # size unknown: the run decides
+    win.tabs.setCurrentWidget(win.data_page)
+    win.data_page.load()
+    qtbot.waitUntil(lambda: win.data_page.splits is not None and not win.data_page.is_loading(), timeout=30_000)
+    qtbot.waitUntil(lambda: not win.act_start.isEnabled(), timeout=10_000)
+    assert "multiple of 32 (got 40)" in insp.error_text()
+
+
 def test_changed_values_are_marked_in_form_and_diagram(make_window):
     win = make_window()
     insp = win.inspector
