@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import load_yaml
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "assets" / "presets"
 
@@ -26,3 +26,18 @@ def load_preset(name: str) -> dict[str, Any]:
 
 def preset_description(name: str) -> str:
     return str(load_yaml(PRESET_DIR / f"{name}.yaml").get("description", ""))
+
+
+def presets_by_method() -> dict[str, list[str]]:
+    """method -> the presets that set it up (offered when the method refuses a setup)."""
+    out: dict[str, list[str]] = {}
+    for name in list_presets():
+        try:
+            out.setdefault(str(load_preset(name).get("method", "simclr")), []).append(name)
+        except UserError:
+            continue
+    return out
+
+
+def presets_of(method: str) -> list[str]:
+    return presets_by_method().get(method, [])

@@ -61,7 +61,7 @@ from engine.config import RunConfig, condition_holds, live_keys, load_yaml, vali
 from engine.errors import ConfigError, UserError
 from engine.methods import get_method
 from engine.preflight import known_image_size
-from engine.presets import list_presets, load_preset, preset_description
+from engine.presets import list_presets, load_preset, preset_description, presets_by_method
 
 from . import theme
 from .setup_check import SetupCheck
@@ -617,7 +617,7 @@ class ParameterInspector(QWidget):
         self._block_filter: list[str] | None = None
         self._text_filter = ""
         self._preset: str | None = None
-        self._preset_methods: dict[str, str] | None = None  # preset -> its method (read once)
+        self._preset_methods: dict[str, list[str]] | None = None  # method -> its presets
         # injectable file dialogs (tests): () -> path or ""
         self.open_file_dialog: Callable[[], str] = self._ask_open
         self.save_file_dialog: Callable[[], str] = self._ask_save
@@ -1105,13 +1105,8 @@ class ParameterInspector(QWidget):
     def presets_of(self, method: str) -> list[str]:
         """The presets that set up ``method`` (offered when the method refuses the setup)."""
         if self._preset_methods is None:
-            self._preset_methods = {}
-            for name in list_presets():
-                try:
-                    self._preset_methods[name] = str(load_preset(name).get("method", "simclr"))
-                except UserError:
-                    continue
-        return [n for n, m in self._preset_methods.items() if m == method]
+            self._preset_methods = presets_by_method()  # read once
+        return self._preset_methods.get(method, [])
 
     def load_yaml_file(self, path: str) -> RunConfig:
         return self.load_config(load_yaml(path))

@@ -84,3 +84,14 @@ def test_the_trainer_refuses_a_bad_setup_before_loading_the_data(tmp_path, monke
     with pytest.raises(ConfigError, match="MAE needs a ViT"):
         t.run()
     assert t.status == "failed"
+
+
+def test_the_cli_refuses_without_creating_a_run_folder(tmp_path, capsys):
+    from engine.cli import train
+
+    rc = train.main(["--method", "mae", "--data", "shapes", "--steps", "1", "--quiet",
+                     "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and "MAE needs a ViT" in err[0]
+    assert "or start from --preset mae, mae_small" in err[0]
+    assert not (tmp_path / "run").exists()

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from .. import events as ev
 from ..config import build_config, load_yaml
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..methods import get_method, list_methods
-from ..presets import list_presets, load_preset
+from ..presets import list_presets, load_preset, presets_of
 from . import Parser, run_cli
 
 
@@ -97,6 +97,7 @@ def _main(argv: list[str] | None) -> int:
         print("\n".join(list_presets()))
         return 0
 
+    from ..preflight import known_image_size, preflight
     from ..trainer import Trainer  # heavy imports after the quick paths
 
     base: dict = {}
@@ -132,6 +133,11 @@ def _main(argv: list[str] | None) -> int:
         direct["train.epochs"] = args.epochs
         base.setdefault("train", {})["steps"] = None
     cfg = build_config(base, args.set, **direct)
+    try:
+        preflight(cfg, known_image_size(cfg.data))  # a setup the method refuses creates no run folder
+    except ConfigError as e:
+        hint = "" if args.resume or args.preset else ", ".join(presets_of(cfg.method))
+        raise ConfigError(f"{e}; or start from --preset {hint}" if hint else str(e)) from None
 
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
                       listeners=(ProgressPrinter(args.quiet),))
