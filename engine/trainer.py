@@ -211,6 +211,7 @@ class Trainer:
             "total_steps": getattr(self, "total", None),
             "best_knn_top1": self.best_knn,
             "last_knn_top1": self.last_knn,
+            "live": dict(self.live),  # settings changed during the run: their last values (config.yaml: the first)
             "error": error,
             "updated": time.time(),
         })

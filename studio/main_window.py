@@ -56,6 +56,7 @@ from engine.fileio import atomic_write_text
 from engine.methods import get_method
 from engine.preflight import known_image_size
 from engine.presets import list_presets
+from engine.rundir import RunDir
 
 from . import theme
 from .data_page import DataPage
@@ -615,12 +616,26 @@ class MainWindow(QMainWindow):
         self.opened_run = run_dir
         try:
             self.inspector.load_config(load_yaml(Path(run_dir) / "config.yaml"))
+            self._show_live_values(run_dir)
         except UserError as e:
             self.report_error("Open run", f"the curves of {run_dir} are shown, but its config does not load "
                                           f"into the form: {e}")
         self.tabs.setCurrentWidget(self.dashboard)
         self._log(f"opened {run_dir}")
         self._update_actions()
+
+    def _show_live_values(self, run_dir: str) -> None:
+        """Settings changed during the run show the values it ended with (run.json's ``live``),
+        marked as changed against its config.yaml; resuming goes on with them, as the trainer does."""
+        live = RunDir(Path(run_dir)).read_summary().get("live") or {}
+        shown = []
+        for key, value in live.items() if isinstance(live, dict) else ():
+            if key in self.inspector.keys() and self.inspector.value(key) != value:
+                self.inspector.set_value(key, value)
+                shown.append(f"{key} = {value}")
+        if shown:
+            self._log(f"changed during the run (shown, marked as changed): {', '.join(shown)}")
+            self.statusBar().showMessage(f"changed during the run: {', '.join(shown)}", 15000)
 
     def resume_past_run(self, run_dir: str) -> str | None:
         """Continue a past run from its last checkpoint with its own config."""
@@ -629,11 +644,10 @@ class MainWindow(QMainWindow):
             return None
         device = self.device_picker.device()  # the user's pick, not the device the run was saved with
         try:
-            raw = load_yaml(Path(run_dir) / "config.yaml")
-            self.inspector.load_config(raw)
+            self.inspector.load_config(load_yaml(Path(run_dir) / "config.yaml"))
+            self._show_live_values(run_dir)
             self.inspector.set_value("train.device", device)  # keeps the picker on the user's pick
-            cfg = validate_config(raw)
-            cfg.train.device = device
+            cfg = validate_config(self.inspector.raw_config())
         except UserError as e:
             self.report_error("Resume", str(e))
             return None

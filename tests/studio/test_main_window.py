@@ -478,6 +478,13 @@ def test_pause_resume_live_change_and_close_during_a_run(make_window, qtbot, tin
     live = [r for r in rows if r["event"] == "live_change"]
     assert live and live[0]["key"] == "params.temperature" and live[0]["new"] == 0.3
     assert "live_change" in (Path(run_dir) / "events.log").read_text()
+    # reopened (another window), the run shows the value it ended with, marked as changed
+    # against its config.yaml, and a resume goes on with it
+    assert load_yaml(Path(run_dir) / "config.yaml")["params"]["temperature"] != 0.3
+    win2 = make_window("settings2.ini")
+    win2.open_run(run_dir)
+    assert win2.inspector.value("params.temperature") == 0.3
+    assert "params.temperature" in win2.inspector.changed_keys() and win2.inspector.is_valid()
 
 
 def test_failed_run_shows_the_error_and_the_window_stays_usable(make_window, qtbot, tmp_path):
