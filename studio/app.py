@@ -111,20 +111,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from engine.config import parse_override
-    from engine.errors import ConfigError, UserError
-
-    from .inspector import get_dotted
-    from .main_window import DEFAULT_PRESET, MainWindow
-    from .theme import apply_theme
+    from .theme import apply_theme, splash_screen
 
     app = QApplication.instance() or QApplication(sys.argv[:1] + (argv if argv is not None else sys.argv[1:]))
     app.setOrganizationName(ORG_NAME)
     app.setApplicationName(APP_NAME)
     app.setApplicationDisplayName("SSL Studio")
     apply_theme(app, None if args.theme == "system" else args.theme == "dark")
+    # something on screen at once: importing PyTorch, timm and the methods takes seconds
+    splash = None if args.quit else splash_screen("loading PyTorch and the methods…")
+
+    from engine.config import parse_override  # (heavy imports from here on)
+    from engine.errors import ConfigError, UserError
+
+    from .inspector import get_dotted
+    from .main_window import DEFAULT_PRESET, MainWindow
 
     win = MainWindow(settings=make_settings(args.settings), runs_dir=args.runs_dir)
+    if splash is not None:
+        splash.finish(win)  # closes when the window shows
     # a scripted session (--quit) leaves the user's own settings as they were (unless --settings names a file)
     win.persist_settings = not (args.quit and not args.settings)
     try:
@@ -157,10 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             if get_dotted(win.inspector.raw_config(), key, _MISSING) is _MISSING:  # a key the config has
                 raise ConfigError(f"unknown setting '{key}' in --set {text} (the keys of ssl-train --set)")
             win.inspector.set_value(key, value)
-        if args.set and not win.inspector.is_valid():
+        if args.set and not win.inspector.check_now():  # (the method's own checks too)
             raise ConfigError(win.inspector.error_text())
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        if splash is not None:
+            splash.close()
         win.deleteLater()
         return 2
 
@@ -170,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             w, h = (int(v) for v in size.lower().split("x"))
         except ValueError:
             print(f"error: --size must look like 1600x1000, got {size!r}", file=sys.stderr)
+            if splash is not None:
+                splash.close()
             return 2
         win.resize(w, h)
     win.show()
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             app.exit(state["rc"])
 
     if args.run:
-        if not win.inspector.is_valid():
+        if not win.inspector.check_now():
             print(f"error: {win.inspector.error_text()}", file=sys.stderr)
             win.close()
             return 2

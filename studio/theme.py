@@ -17,7 +17,7 @@ import os
 
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPainter, QPainterPath, QPalette, QPixmap, QPolygonF
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QSplashScreen
 
 _current = {"dark": False}
 
@@ -168,3 +168,29 @@ def run_icon(kind: str, size: int = 18) -> QIcon:
         p.drawRoundedRect(QRectF(0.2 * s, 0.2 * s, 0.6 * s, 0.6 * s), 2, 2)
     p.end()
     return QIcon(pm)
+
+
+def splash_screen(message: str) -> QSplashScreen:
+    """A small window shown at once while PyTorch and the methods load (the window follows
+    in 2-5 s); ``finish(window)`` closes it."""
+    pal = QApplication.palette()
+    pm = QPixmap(440, 150)
+    pm.fill(pal.color(QPalette.ColorRole.Window))
+    p = QPainter(pm)
+    p.setPen(pal.color(QPalette.ColorRole.WindowText))
+    font = p.font()
+    font.setPointSize(22)
+    font.setBold(True)
+    p.setFont(font)
+    p.drawText(QRectF(0, 22, 440, 44), Qt.AlignmentFlag.AlignHCenter, "SSL Studio")
+    font.setPointSize(10)
+    font.setBold(False)
+    p.setFont(font)
+    p.drawText(QRectF(0, 68, 440, 24), Qt.AlignmentFlag.AlignHCenter, "self-supervised visual representation learning")
+    p.end()
+    splash = QSplashScreen(pm)
+    splash.showMessage(message, Qt.AlignmentFlag.AlignBottom | Qt.AlignmentFlag.AlignHCenter,
+                       pal.color(QPalette.ColorRole.PlaceholderText))
+    splash.show()
+    QApplication.processEvents()
+    return splash

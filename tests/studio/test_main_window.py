@@ -632,6 +632,7 @@ def test_scripted_mode_leaves_the_users_settings_alone(qtbot, tmp_path, tiny_cfg
     ("optim.no_such_key=1", "unknown setting 'optim.no_such_key'"),
     ("optim.lr=-1", "optim.lr"),
     ("optim.lr", "key=value"),
+    ("aug.global_crops.count=1", "SimCLR contrasts two views"),  # the method's own check
 ])
 def test_scripted_mode_rejects_a_bad_set(qtbot, tmp_path, capsys, bad, says):
     from studio import app
@@ -668,3 +669,18 @@ def test_show_tabs_selects_a_dashboard_tab_and_its_page(make_window):
     selected = [t.tabText(t.currentIndex()) for t in win.findChildren(QTabWidget)]
     assert "Attention" in selected and "Dashboard" in selected  # the page holding it is shown too
     assert show_tabs(win, ["no such tab"]) == []
+
+
+def test_the_entry_point_shows_a_splash_before_the_heavy_imports(qtbot):
+    """ssl-studio must put something on screen at once: its module loads without PyTorch (the
+    seconds of importing torch, timm and the methods come after the splash is shown)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, studio.app; from studio.theme import splash_screen; "
+            "from PySide6.QtWidgets import QApplication; app = QApplication([]); "
+            "s = splash_screen('loading'); print('torch' in sys.modules, s.isVisible())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True"]
