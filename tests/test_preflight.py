@@ -95,3 +95,28 @@ def test_the_cli_refuses_without_creating_a_run_folder(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and "MAE needs a ViT" in err[0]
     assert "or start from --preset mae, mae_small" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_check_in_a_background_thread_leaves_other_threads_on_their_device(monkeypatch):
+    """The studio checks in a worker thread while the GUI thread (augmentation preview) and the
+    trainer's thread make tensors: the meta device must stay inside the checking thread."""
+    import threading
+
+    import engine.methods as methods
+
+    inside, outside = threading.Event(), threading.Event()
+    orig = methods.create_method
+
+    def slow_create(*a, **k):
+        inside.set()
+        outside.wait(10)
+        assert torch.empty(1).is_meta  # this thread builds on meta
+        return orig(*a, **k)
+
+    monkeypatch.setattr(methods, "create_method", slow_create)
+    t = threading.Thread(target=preflight, args=(validate_config(load_preset("mae_small")), 64))
+    t.start()
+    assert inside.wait(10)
+    assert torch.empty(1).device.type == "cpu" and torch.nn.Linear(2, 2).weight.device.type == "cpu"
+    outside.set()
+    t.join(10)
