@@ -230,6 +230,33 @@ def test_step_loss_is_the_sum_of_the_task_losses() -> None:
         assert mod.weight.grad is not None
 
 
+def _uniform_to(w: torch.Tensor, bound: float) -> bool:
+    """w looks drawn from U(-bound, bound): nothing beyond it, its largest values close to it."""
+    top = float(w.detach().abs().max())
+    return 0.95 * bound < top <= bound
+
+
+def test_official_init() -> None:
+    """multimae.py: Xavier-uniform Linear layers with Q, K, V (decoders: K, V) as separate
+    matrices, bias 0, LayerNorm (1, 0), patch projections like Linear layers, decoder mask tokens 0."""
+    m = build()
+    D = m.backbone.out_dim
+    qkv = m.backbone.blocks[0].attn.qkv.weight  # [3D, D]
+    bound = math.sqrt(6 / (D + D))  # one D x D matrix; fused Xavier would give sqrt(6 / (4D))
+    assert _uniform_to(qkv, bound)
+    assert qkv.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    kv = m.decoders["rgb"].xattn.kv.weight  # [2d, d]
+    d = kv.shape[1]
+    assert _uniform_to(kv, math.sqrt(6 / (d + d)))
+    fc1 = m.backbone.blocks[0].mlp.fc1.weight  # [4D, D]: plain Xavier
+    assert _uniform_to(fc1, math.sqrt(6 / (5 * D)))
+    assert all(float(mod.bias.abs().max()) == 0 for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+    conv = m.depth_proj.weight  # [D, 1, p, p] as a Linear of fan-in p * p
+    fan = conv[0].numel()
+    assert _uniform_to(conv, math.sqrt(6 / (D + fan)))
+    assert float(m.decoders["rgb"].mask_token.abs().max()) == 0
+
+
 # ----------------------------------------------------------------- probes
 def test_cross_modal_prediction_and_probes() -> None:
     m = build()
