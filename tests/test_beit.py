@@ -391,3 +391,20 @@ def test_beit_probe_predicts_masked_tokens_and_keeps_visible_ones() -> None:
     i, j = [int(v) for v in vis.nonzero()[0]]
     orig, pasted = panels["original"][0], panels["pasted"][0]
     assert (orig[8 * i:8 * i + 8, 8 * j:8 * j + 8] == pasted[8 * i:8 * i + 8, 8 * j:8 * j + 8]).all()
+
+
+@pytest.mark.parametrize("method", ["beit", "simmim"])
+def test_vit_gets_beits_init_with_output_projections_scaled_by_depth(method) -> None:
+    """BEiT's (and SimMIM's ViT's) init: weights N(0, 0.02), bias 0, and block l's attn.proj and
+    mlp.fc2 divided by sqrt(2 l) (fix_init_weight); LayerScale on top."""
+    torch.manual_seed(0)
+    params = SMALL if method == "beit" else {"mask_patch": 8}
+    cfg = validate_config(with_(_tiny(), method=method, params=params, **VIT))
+    vit = create_method(cfg, 32).backbone.requires_grad_(False)
+    for layer, blk in enumerate(vit.blocks, start=1):
+        for w in (blk.attn.proj.weight, blk.mlp.fc2.weight):
+            assert w.std().item() == pytest.approx(0.02 / math.sqrt(2 * layer), rel=0.1), (layer, w.shape)
+        assert blk.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+        assert float(blk.attn.qkv.bias.abs().max()) == 0 and float(blk.ls1.gamma[0]) == pytest.approx(0.1)
+    assert vit.patch_embed.proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert vit.cls_token.std().item() == pytest.approx(0.02, rel=0.3)

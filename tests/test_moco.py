@@ -423,3 +423,22 @@ def test_training_runs_without_nan_and_logs_the_monitors(runs, name):
 def test_training_learns_the_pretext_task(runs, name):
     r = runs(name)
     assert r["after"] < r["before"] - 0.15, (r["before"], r["after"])
+
+
+def test_moco_v3_vit_gets_the_official_xavier_init() -> None:
+    """vits.py: every Linear of the ViT Xavier-uniform (qkv as three D x D matrices), bias 0."""
+    import math
+
+    from engine.config import validate_config
+    from engine.methods import create_method
+    from helpers import with_
+    from test_cli import _tiny
+
+    torch.manual_seed(0)
+    cfg = validate_config(with_(_tiny(), method="moco_v3", **{"model.arch": "vit_tiny", "model.patch_size": 8}))
+    vit = create_method(cfg, 32).backbone.requires_grad_(False)
+    D = vit.out_dim
+    for w, bound in ((vit.blocks[0].attn.qkv.weight, math.sqrt(6 / (2 * D))),
+                     (vit.blocks[-1].mlp.fc1.weight, math.sqrt(6 / (5 * D)))):
+        assert 0.95 * bound < float(w.abs().max()) <= bound
+    assert float(vit.blocks[0].attn.qkv.bias.abs().max()) == 0

@@ -12,6 +12,7 @@ from .backbones import (
     build_backbone,
     param_count,
     resolve_cifar_stem,
+    xavier_init_split_qkv,
 )
 from .centering import Centering, teacher_temp_at, teacher_temp_schedule
 from .dino_head import DINOHead
@@ -24,4 +25,5 @@ __all__ = [
     "Centering", "DINOHead", "FeatureQueue", "MLPHead", "ResNetBackbone", "ViTBackbone",
     "ViTBackboneMixin", "build_backbone", "ema_update", "make_teacher", "mlp", "momentum_at",
     "param_count", "resolve_cifar_stem", "sinkhorn", "teacher_temp_at", "teacher_temp_schedule",
+    "xavier_init_split_qkv",
 ]

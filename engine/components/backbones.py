@@ -25,6 +25,8 @@ its own class, which adds methods only, no parameters).
 
 from __future__ import annotations
 
+import math
+
 import timm
 import torch
 from timm.layers import Attention, LayerScale
@@ -88,6 +90,20 @@ _VIT_ALIASES: dict[str, str] = {
 }
 
 
+@torch.no_grad()
+def xavier_init_split_qkv(module: nn.Module) -> None:
+    """Xavier-uniform init of every Linear layer in ``module``, bias 0, with a fused Q|K|V
+    (``*qkv``) or K|V (``*.kv``) weight counted as three / two separate matrices: MoCo v3's ViT
+    initialisation (``vits.py``), also MultiMAE's."""
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            parts = 3 if name.endswith("qkv") else 2 if name.endswith(".kv") or name == "kv" else 1
+            bound = math.sqrt(6.0 / (m.weight.shape[0] // parts + m.weight.shape[1]))
+            nn.init.uniform_(m.weight, -bound, bound)  # parts 1: nn.init.xavier_uniform_
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class ViTBackboneMixin:
     """Methods added to a timm Vision Transformer (Dosovitskiy et al. 2021) built by timm.
 
@@ -138,6 +154,26 @@ class ViTBackboneMixin:
             blk.ls1 = LayerScale(d, init_values=init)
             blk.ls2 = LayerScale(d, init_values=init)
         self.init_values = init
+
+    @torch.no_grad()
+    def beit_init(self, std: float = 0.02) -> None:
+        """BEiT's initialisation (also SimMIM's ViT): Linear and Conv2d weights N(0, std^2)
+        (truncated at +-2), bias 0, LayerNorm (1, 0), class token N(0, std^2); then the two
+        residual output projections of block l = 1..depth (``attn.proj``, ``mlp.fc2``) divided
+        by sqrt(2 l) (their ``fix_init_weight``), so the residual stream does not grow with depth."""
+        for m in self.modules():  # type: ignore[attr-defined]
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if getattr(self, "cls_token", None) is not None:
+            nn.init.trunc_normal_(self.cls_token, std=std)
+        for layer, blk in enumerate(self.blocks, start=1):  # type: ignore[attr-defined]
+            blk.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+            blk.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
 
     def last_attention(self, x: torch.Tensor, renormalise: bool = True) -> torch.Tensor:
         """CLS-to-patch attention of the last block, for visual probes.

@@ -38,7 +38,8 @@ Paper / official-code defaults kept here:
                      cosine to 1e-5, gradient clip 3.0, drop path 0.1
 
 Not kept: BEiT's relative position bias (the project's timm ViT has absolute learned
-positions) and its depth-dependent weight rescaling at initialisation.
+positions). Kept: its initialisation, N(0, 0.02) weights with each block's output projections
+divided by sqrt(2 l) (``ViTBackboneMixin.beit_init``).
 
 Learning-rate schedule: the run's schedule (warm-up of ``optim.warmup_epochs``, cosine) starts
 at ``tokenizer_steps`` (``schedule_start``), when the ViT starts learning, and spans the rest
@@ -144,6 +145,7 @@ class BEiT(Method):
             raise ConfigError(f"BEiT needs a ViT encoder (model.arch vit_*), not '{cfg.model.arch}'")
         vit = self.backbone
         d = vit.out_dim
+        vit.beit_init()  # N(0, 0.02) weights, output projections scaled down with depth
         if p.layer_scale > 0:
             vit.add_layer_scale(p.layer_scale)  # timm's init_values=layer_scale (exporters read it back)
         self.patch_size = vit.patch_size

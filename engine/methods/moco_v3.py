@@ -17,7 +17,8 @@ Paper / official-code defaults kept here:
     predictor        2 layers, 256 -> 4096 (BN, ReLU) -> 256; ViT: output BN without affine,
                      ResNet: none
     ViT              random patch projection (Xavier-uniform init, frozen:
-                     ``freeze_patch_embed``), fixed 2-D sin-cos position embedding
+                     ``freeze_patch_embed``), fixed 2-D sin-cos position embedding, Linear
+                     layers Xavier-uniform with Q, K, V as separate matrices (``vits.py``)
     augmentation     BYOL's asymmetric views: blur p 1.0 / 0.1, solarize p 0 / 0.2; jitter
                      (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, crop scale (0.08, 1)
     optimiser        ViT: AdamW, lr 1.5e-4 x batch / 256, weight decay 0.1, 40 warm-up epochs
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..components import MLPHead, ViTBackboneMixin, build_backbone
+from ..components import MLPHead, ViTBackboneMixin, build_backbone, xavier_init_split_qkv
 from ..components.momentum import ema_update, make_teacher, momentum_at
 from ..errors import ConfigError
 from ..losses import info_nce
@@ -124,6 +125,7 @@ class MoCoV3(Method):
                 pe.zero_()
                 pe[0, n_prefix:] = sincos_2d(gh, gw, pe.shape[2]).to(pe.dtype)
                 pe.requires_grad_(False)
+        xavier_init_split_qkv(vit)  # the official ViT's Linear layers (Q, K, V apart), bias 0
         # the official ViT's patch projection: Xavier-uniform over (3 ps ps + D), zero bias;
         # frozen (random) with freeze_patch_embed, the paper's stabilising trick
         proj = vit.patch_embed.proj  # Conv2d(3, D, ps, stride=ps)

@@ -71,7 +71,7 @@ from timm.models.vision_transformer import Block as ViTBlock
 from torch import nn
 
 from ..augment import denormalize
-from ..components import ViTBackboneMixin, build_backbone
+from ..components import ViTBackboneMixin, build_backbone, xavier_init_split_qkv
 from ..errors import ConfigError, DataError
 from ..masking import dirichlet_allocation, mask_to_pixels, multimodal_random_masking
 from ..probes import MASK_GREY, mask_images, norm_pix_target, patchify, reconstruction_panels, to_hwc_uint8, unpatchify
@@ -347,14 +347,9 @@ class MultiMAE(Method):
         """The official initialisation (``multimae.py``, over encoder, adapters and decoders):
         Xavier-uniform Linear layers, the fused Q|K|V (and K|V) weights counted as separate
         matrices, bias 0; LayerNorm (1, 0); patch projections (Conv2d) like Linear layers."""
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear):
-                parts = 3 if name.endswith("qkv") else 2 if name.endswith(".kv") else 1
-                bound = math.sqrt(6.0 / (m.weight.shape[0] // parts + m.weight.shape[1]))
-                nn.init.uniform_(m.weight, -bound, bound)  # parts 1: xavier_uniform_
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+        xavier_init_split_qkv(self)
+        for m in self.modules():
+            if isinstance(m, nn.LayerNorm) and m.elementwise_affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Conv2d):

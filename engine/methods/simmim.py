@@ -26,7 +26,8 @@ Paper / official-code defaults kept here:
                      cosine to 1e-5 x batch / 512, gradient clipping 5.0; Swin-B: 100 epochs at
                      192 px, drop path 0 (preset ``simmim``)
 
-ViT encoder: LayerScale 0.1 on every block as SimMIM's ViT configs (``layer_scale``); unlike
+ViT encoder: LayerScale 0.1 on every block as SimMIM's ViT configs (``layer_scale``) and their
+(BEiT's) initialisation, output projections divided by sqrt(2 l) (``beit_init``); unlike
 them, timm's learned absolute position embedding instead of a shared relative position bias.
 The official ViT-B recipe (800 epochs at 224 px) also differs from Swin's: base LR 1e-4 x
 batch / 512, drop path 0.1, and a multi-step schedule (x 0.1 at epoch 700) instead of the cosine;
@@ -106,8 +107,10 @@ class SimMIM(Method):
         if not (self.is_swin or isinstance(self.backbone, ViTBackboneMixin)):
             raise ConfigError(f"SimMIM needs a ViT or Swin encoder (model.arch vit_* / swin_*), not '{cfg.model.arch}'")
         enc = self.backbone
-        if not self.is_swin and self.p.layer_scale > 0:
-            enc.add_layer_scale(self.p.layer_scale)  # SimMIM's ViT: init_values 0.1
+        if not self.is_swin:
+            enc.beit_init()  # SimMIM's ViT (BEiT's code): N(0, 0.02), output projections scaled with depth
+            if self.p.layer_scale > 0:
+                enc.add_layer_scale(self.p.layer_scale)  # SimMIM's ViT: init_values 0.1
         self.patch_size = enc.patch_size
         self.grid = enc.grid(image_size, image_size)  # model-patch grid (gh, gw)
         self.mask_patch = self.p.mask_patch or simmim_mask_patch(image_size, model_patch=self.patch_size)
