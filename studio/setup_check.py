@@ -50,7 +50,6 @@ class SetupCheck(QObject):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.problem = ""  # the answer for the newest request once ``checked`` fired
-        self._key: tuple | None = None  # newest request
         self._want: tuple[RunConfig, int | None, tuple] | None = None  # newest request, unanswered
         self._thread: threading.Thread | None = None  # the check running, one at a time
         self._result: dict[tuple, str] = {}  # written by that thread: {key: problem}
@@ -64,7 +63,6 @@ class SetupCheck(QObject):
     def request(self, cfg: RunConfig, image_size: int | None) -> bool:
         """Ask about ``cfg``; True when answered now (``problem`` is set), else ``checked`` follows."""
         key = (json.dumps(cfg.model_dump(mode="json"), sort_keys=True), image_size)
-        self._key = key
         if key in self._cache:
             self._cache.move_to_end(key)
             self.problem = self._cache[key]
@@ -94,7 +92,7 @@ class SetupCheck(QObject):
 
     def cancel(self) -> None:
         """Forget the newest request (a run started: the setup is fixed)."""
-        self._want, self._key = None, None
+        self._want = None
         self._delay.stop()
 
     # ------------------------------------------------------------ internals

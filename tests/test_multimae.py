@@ -250,7 +250,7 @@ def test_official_init() -> None:
     assert _uniform_to(kv, math.sqrt(6 / (d + d)))
     fc1 = m.backbone.blocks[0].mlp.fc1.weight  # [4D, D]: plain Xavier
     assert _uniform_to(fc1, math.sqrt(6 / (5 * D)))
-    assert all(float(mod.bias.abs().max()) == 0 for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+    assert all(float(mod.bias.detach().abs().max()) == 0 for mod in m.modules() if isinstance(mod, torch.nn.Linear))
     conv = m.depth_proj.weight  # [D, 1, p, p] as a Linear of fan-in p * p
     fan = conv[0].numel()
     assert _uniform_to(conv, math.sqrt(6 / (D + fan)))
