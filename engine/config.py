@@ -307,8 +307,12 @@ class RunConfig(Strict):
 
 # ===================================================================== helpers
 def _first_error(e: ValidationError, prefix: str = "") -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+    return _error_line(e.errors()[0], prefix)
+
+
+def _error_line(err: Any, prefix: str = "") -> str:
+    """One pydantic error as the one-line message the CLI prints."""
+    loc = ".".join(str(p) for p in err["loc"])
     if prefix:
         loc = f"{prefix}.{loc}" if loc else prefix
     if err["type"] == "extra_forbidden":
@@ -334,6 +338,21 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
         raise ConfigError(_first_error(e)) from None
     except ConfigError:
         raise
+
+
+def config_errors(raw: dict[str, Any]) -> list[str]:
+    """Every problem of a raw config, one line each (what :func:`validate_config` raises for the
+    first); empty when it is valid. The studio marks each invalid setting, not only the first.
+    (The method's ``params`` are checked once the rest is valid.)"""
+    if isinstance(raw, dict) and isinstance(raw.get("description"), str):
+        raw = {k: v for k, v in raw.items() if k != "description"}
+    try:
+        RunConfig(**raw)
+    except ValidationError as e:
+        return [_error_line(err) for err in e.errors()]
+    except ConfigError as e:
+        return [str(e)]
+    return []
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

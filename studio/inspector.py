@@ -57,7 +57,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.config import RunConfig, condition_holds, live_keys, load_yaml, validate_config
+from engine.config import RunConfig, condition_holds, config_errors, live_keys, load_yaml, validate_config
 from engine.errors import ConfigError, UserError
 from engine.methods import get_method
 from engine.preflight import known_image_size
@@ -604,6 +604,7 @@ class ParameterInspector(QWidget):
         self._error = ""  # shown: a value's error, else the method's refusal of the setup
         self._error_key: str | None = None
         self._value_error = ""  # the schema's reason (or an unparsable text)
+        self._value_errors: dict[str, str] = {}  # every setting the schema refuses -> its reason
         self._setup_error = ""  # the method's reason (engine.preflight), as last checked
         self._setup = SetupCheck(self)
         self._setup.checked.connect(self._setup_checked)
@@ -857,7 +858,14 @@ class ParameterInspector(QWidget):
                 msg = str(e)
             except Exception as e:  # noqa: BLE001 - a method's validator raising something odd
                 msg = f"{type(e).__name__}: {e}"
-        self._cfg, self._value_error = cfg, msg
+        # every invalid setting gets its own reason (the banner names the first)
+        others: dict[str, str] = {}
+        if msg and not self._parse_errors:
+            for line in config_errors(copy.deepcopy(self._values)):
+                key = self._key_of_error(line)
+                if key is not None:
+                    others.setdefault(key, line)
+        self._cfg, self._value_error, self._value_errors = cfg, msg, others
         if cfg is not None:
             self._live = set(live_keys(cfg))
             if not self._running and self._setup.request(cfg, self.image_size_of(cfg)):
@@ -882,7 +890,10 @@ class ParameterInspector(QWidget):
         self._apply_row_states()
         if msg:
             color = theme.pick(theme.ERROR_COLOR).name()
+            more = len(set(self._parse_errors) | set(self._value_errors) | {key}) - 1
             text = f"<span style='color:{color}'>⚠ {_html(msg)}</span>"
+            if more > 0:
+                text += f"<br><small>and {more} more invalid setting{'s' if more > 1 else ''} (in red below)</small>"
             if not self._value_error:  # the method refuses the combination: offer its own recipes
                 links = ", ".join(f"<a href='preset:{n}'>{n}</a>" for n in self.presets_of(self.method()))
                 if links:
@@ -938,7 +949,8 @@ class ParameterInspector(QWidget):
             tip = self._row_tooltip(row)
             for w in (row.label, row.editor, row.marker):
                 w.setToolTip(tip)
-            err = self._parse_errors.get(key) or (self._error if key == self._error_key else "")
+            err = (self._parse_errors.get(key) or (self._error if key == self._error_key else "")
+                   or self._value_errors.get(key, ""))
             self._show_row_error(row, err)
             used = self.applies(key)  # greyed out, still editable in YAML, when the setup ignores it
             row.editor.setEnabled((not self._running or row.live) and used)

@@ -131,3 +131,16 @@ def test_view_probabilities_must_be_within_0_and_1(key, value) -> None:
 
     with pytest.raises(ConfigError, match=key):
         validate_config({"method": "simclr", "aug": {key: value}})
+
+
+def test_config_errors_lists_every_invalid_setting():
+    from engine.config import config_errors, validate_config
+    from engine.errors import ConfigError
+
+    raw = {"optim": {"lr": -1, "weight_decay": -2}, "train": {"batch_size": 0}}
+    errs = config_errors(raw)
+    assert [e.split("'")[1] for e in errs] == ["optim.lr", "optim.weight_decay", "train.batch_size"]
+    with pytest.raises(ConfigError) as first:
+        validate_config(raw)
+    assert str(first.value) == errs[0]  # the same line the CLI prints for the first
+    assert config_errors({"method": "simclr"}) == []

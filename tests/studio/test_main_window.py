@@ -166,6 +166,12 @@ def test_invalid_value_disables_start_with_the_reason(make_window, tmp_path):
     assert insp._rows["optim.lr"].error.isVisibleTo(insp)
     assert "optim.lr" in win.act_start.toolTip()
     insp.grab().save(str(tmp_path / "inspector-invalid.png"))
+    # a second invalid value: each field shows its own reason, the banner counts the others
+    insp.set_text("train.batch_size", "1")
+    assert insp._rows["train.batch_size"].error.isVisibleTo(insp) and insp._rows["optim.lr"].error.isVisibleTo(insp)
+    assert "train.batch_size" in insp._rows["train.batch_size"].message and "and 1 more" in insp.banner.text()
+    insp.set_text("train.batch_size", "32")
+    assert not insp._rows["train.batch_size"].error.isVisibleTo(insp) and "more" not in insp.banner.text()
     insp.set_text("optim.lr", "abc")
     assert not win.act_start.isEnabled() and "not a number" in insp.error_text()
     insp.set_text("optim.lr", "0.01")
