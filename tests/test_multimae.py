@@ -254,7 +254,7 @@ def test_official_init() -> None:
     conv = m.depth_proj.weight  # [D, 1, p, p] as a Linear of fan-in p * p
     fan = conv[0].numel()
     assert _uniform_to(conv, math.sqrt(6 / (D + fan)))
-    assert float(m.decoders["rgb"].mask_token.abs().max()) == 0
+    assert float(m.decoders["rgb"].mask_token.detach().abs().max()) == 0
 
 
 # ----------------------------------------------------------------- probes
