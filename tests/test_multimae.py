@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from engine.config import validate_config
 from engine.data.shapes import make_shapes
-from engine.errors import DataError
+from engine.errors import ConfigError, DataError
 from engine.methods import create_method, get_method
 from engine.methods.base import Batch
 from engine.methods.multimae import crop_thetas, cross_entropy_rows, joint_crop, masked_mean, standardize_depth
@@ -298,6 +298,10 @@ def test_rgb_only_and_missing_modalities() -> None:
     folder_like = shapes_batch(8, extras=False)  # an image folder: no depth, no seg
     with pytest.raises(DataError, match=r"params.modalities=\[rgb\]"):
         build().training_step(folder_like, 0)
+    # known from the config alone, so refused before any data is read (the studio disables Start)
+    with pytest.raises(ConfigError, match=r"only the 'shapes' dataset.*params.modalities=\[rgb\]"):
+        build(**{"data.source": "/data/imagenette"})
+    build({"modalities": ["rgb"]}, **{"data.source": "/data/imagenette"})
     m = build({"modalities": ["rgb"]})
     assert not hasattr(m, "depth_proj") and list(m.decoders) == ["rgb"]
     out = m.training_step(folder_like, 0)

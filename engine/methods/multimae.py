@@ -308,6 +308,11 @@ class MultiMAE(Method):
         super().__init__(cfg, image_size)
         p = self.p
         self.modalities: list[str] = list(p.modalities)
+        extra = [m for m in self.modalities if m != "rgb"]
+        if extra and cfg.data.source.strip().lower() != "shapes":  # known before any image is read
+            raise ConfigError(
+                f"MultiMAE with modalities {self.modalities} needs per-image {' and '.join(extra)} maps, "
+                "which only the 'shapes' dataset has: use data.source=shapes or set params.modalities=[rgb]")
         # --- shared encoder: the project's timm ViT (its patch projection is the RGB adapter)
         self.backbone = build_backbone(cfg.model, image_size)
         if not isinstance(self.backbone, ViTBackboneMixin):
