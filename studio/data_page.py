@@ -520,7 +520,9 @@ class DataPage(QWidget):
         L["name"].setText(f"{s.name}  <small>({s.source})</small>")
         L["train"].setText(f"{len(s.train):,} images")
         L["test"].setText(f"{len(s.test):,} images" if s.test is not None else "none held out")
-        L["image size"].setText(f"{s.image_size} × {s.image_size} px")
+        maps = sorted(s.train.extras)  # depth / segmentation maps (shapes; rgb/ + depth/ + seg/ folders)
+        L["image size"].setText(f"{s.image_size} × {s.image_size} px" + (f", with {' and '.join(maps)} maps"
+                                                                          if maps else ""))
         classes = s.classes
         L["classes"].setText(f"{len(classes)}: " + ", ".join(classes[:20]) + (" …" if len(classes) > 20 else "")
                              if classes else "unlabelled")

@@ -441,3 +441,50 @@ def test_16bit_gray_maps_to_8bit_by_257(tmp_path) -> None:
     _save(tmp_path / "src" / "a" / "deep.png", Image.fromarray(arr))
     d = load_dataset(_cfg(tmp_path / "src", test_fraction=0.0))
     assert d.train.images[0, 0, 0].tolist() == [0, 50, 128, 200, 254, 255]
+
+
+# ------------------------------------------------------------ depth and segmentation maps
+def _modal_folder(root: Path, n: int = 3, size=(24, 32)) -> Path:
+    """rgb/ with class folders and train/test, depth/ (16-bit) and seg/ (class ids) beside it.
+    Image i of class c: red = 40 c + 10 i; depth = 1000 (i + 1) everywhere; seg: left half 0, right half c + 1."""
+    w, h = size
+    for split in ("train", "test"):
+        for c, name in enumerate(("cat", "dog")):
+            for i in range(n):
+                _save(root / "rgb" / split / name / f"{i}.jpg", _rgb((40 * c + 10 * i, 0, 0), size))
+                _save(root / "depth" / split / name / f"{i}.png",
+                      Image.fromarray(np.full((h, w), 1000 * (i + 1), np.uint16)))
+                seg = np.zeros((h, w), np.uint8)
+                seg[:, w // 2:] = c + 1
+                _save(root / "seg" / split / name / f"{i}.png", Image.fromarray(seg, "L"))
+    return root
+
+
+def test_a_folder_with_depth_and_seg_trees_gives_the_extras(tmp_path: Path) -> None:
+    """Issue 5 pt 5: a folder dataset may provide depth and segmentation as parallel folders of
+    files with the same names; they get the RGB image's geometry (short side, centre square)."""
+    from engine.data.modalities import available_modalities
+
+    root = _modal_folder(tmp_path / "d")
+    assert available_modalities(str(root)) == {"depth", "seg"} and available_modalities(str(tmp_path)) == set()
+    s = load_dataset(_cfg(root, image_size=16, cache_dir=str(tmp_path / "cache")))
+    assert s.classes == ["cat", "dog"] and len(s.train) == 6 and len(s.test) == 6
+    assert s.info["extras"] == ["depth", "seg"] and s.train.image_size == 16
+    depth, seg = s.train.extras["depth"], s.train.extras["seg"]
+    assert depth.shape == (6, 1, 16, 16) and depth.dtype == torch.uint8 and seg.shape == (6, 16, 16)
+    for k in range(6):  # rows follow the images: the same file's maps
+        c = int(s.train.labels[k])
+        i = (_red_of(s.train.images[k]) - 40 * c) // 10
+        assert int(depth[k].float().mean().round()) == round(1000 * (i + 1) / 257)  # 16-bit -> 8-bit
+        # the 32 x 24 map is centre-cropped to 24 x 24 like the image: its right half is class c + 1
+        assert set(seg[k, :, :7].unique().tolist()) == {0} and set(seg[k, :, 9:].unique().tolist()) == {c + 1}
+    again = load_dataset(_cfg(root, image_size=16, cache_dir=str(tmp_path / "cache")))
+    assert again.info["cached"] and torch.equal(again.test.extras["seg"], s.test.extras["seg"])
+    # a missing map: a clear error naming the file, nothing half-loaded
+    (root / "depth" / "train" / "dog" / "1.png").unlink()
+    with pytest.raises(DataError, match=r"no depth map for rgb/train/dog/1.jpg"):
+        load_dataset(_cfg(root, image_size=16))
+
+
+def _red_of(img: torch.Tensor) -> int:
+    return int(round(img[0].float().mean().item() / 10.0) * 10)

@@ -299,7 +299,7 @@ def test_rgb_only_and_missing_modalities() -> None:
     with pytest.raises(DataError, match=r"params.modalities=\[rgb\]"):
         build().training_step(folder_like, 0)
     # known from the config alone, so refused before any data is read (the studio disables Start)
-    with pytest.raises(ConfigError, match=r"only the 'shapes' dataset.*params.modalities=\[rgb\]"):
+    with pytest.raises(ConfigError, match=r"which data.source does not have.*params.modalities=\[rgb\]"):
         build(**{"data.source": "/data/imagenette"})
     build({"modalities": ["rgb"]}, **{"data.source": "/data/imagenette"})
     m = build({"modalities": ["rgb"]})
@@ -395,3 +395,19 @@ def test_multimae_decoder_queries_and_context() -> None:
             assert ctx_seen.shape == (B, V + 1, c.shape[-1]), own
             torch.testing.assert_close(x_seen, dec.query_norm(q), rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(ctx_seen, dec.context_norm(ctx), rtol=1e-4, atol=1e-5)
+
+
+def test_trains_on_a_folder_with_depth_and_seg_trees(tmp_path) -> None:
+    """A folder with rgb/, depth/ and seg/ (issue 5 pt 5) feeds all three modalities."""
+    from engine import events as ev
+    from engine.trainer import Trainer
+    from test_data import _modal_folder
+
+    root = _modal_folder(tmp_path / "d", n=8, size=(40, 32))
+    cfg = validate_config(with_(_tiny(), method="multimae", params={**SMALL, "seg_classes": 3}, **{
+        **VIT, "data.source": str(root), "data.image_size": 32, "data.workers": 1, "train.steps": 3,
+        "train.batch_size": 8, "train.log_every": 1, "optim.warmup_epochs": 0}))
+    seen: list = []
+    Trainer(cfg, tmp_path / "run", listeners=(seen.append,)).run()
+    steps = [e for e in seen if isinstance(e, ev.StepMetrics)]
+    assert seen[-1].status == "completed" and {"loss_rgb", "loss_depth", "loss_seg"} <= set(steps[-1].scalars)

@@ -43,7 +43,7 @@ REFUSED = [
     ({"model.arch": "swin_tiny", "aug.global_crops.size": None, "data.shapes_size": 40}, "multiple of 32"),
     ({"model.arch": "resnet7"}, "unknown"),
     ({"method": "multimae", "model.arch": "vit_tiny", "model.patch_size": 4, "aug.global_crops.count": 0,
-      "data.source": "/data/imagenette", "data.image_size": 32}, "only the 'shapes' dataset"),
+      "data.source": "/data/imagenette", "data.image_size": 32}, "which data.source does not have"),
 ]
 
 

@@ -24,6 +24,10 @@ images share it, else the most common short side (at most ``AUTO_MAX_SIZE``).
 Unreadable images are skipped and counted in ``info['skipped']`` with a line in
 ``info['warnings']``.
 
+Depth and segmentation maps (MultiMAE): a folder holding ``rgb/`` (any layout above)
+with parallel ``depth/`` and / or ``seg/`` trees of files of the same names gives each image
+set those extras (:mod:`engine.data.modalities`).
+
 Cache: with ``cfg.cache_dir`` the decoded arrays go to
 ``<cache_dir>/<key>-train.npy`` / ``<key>-test.npy`` plus ``<key>.json`` (labels,
 classes, info), written atomically. The key hashes the absolute source path, its
@@ -57,6 +61,7 @@ from PIL import Image, ImageOps
 
 from ..errors import Cancelled, DataError
 from ..fileio import atomic_open
+from .modalities import IMAGE_DIR, decode_modalities, modality_dirs
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..config import DataConfig
@@ -473,7 +478,8 @@ def _map_npy(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="c", allow_pickle=False)
 
 
-def _image_set(images: np.ndarray, labels: list[int] | None, classes: list[str]) -> ImageSet:
+def _image_set(images: np.ndarray, labels: list[int] | None, classes: list[str],
+               extras: dict[str, np.ndarray] | None = None) -> ImageSet:
     import torch
 
     from . import ImageSet
@@ -482,6 +488,7 @@ def _image_set(images: np.ndarray, labels: list[int] | None, classes: list[str])
         images=torch.from_numpy(images),
         labels=None if labels is None else torch.as_tensor(labels, dtype=torch.int64),
         classes=list(classes),
+        extras={k: torch.from_numpy(v) for k, v in (extras or {}).items()},
     )
 
 
@@ -498,6 +505,9 @@ def _load_cache(cache_dir: Path, key: str) -> dict[str, Any] | None:
         if len(train) != meta["n_train"] or (test is not None and len(test) != meta["n_test"]):
             return None
         meta["train"], meta["test"] = train, test
+        meta["train_extras"] = {m: _map_npy(cache_dir / f"{key}-train-{m}.npy") for m in meta.get("extras", [])}
+        meta["test_extras"] = ({m: _map_npy(cache_dir / f"{key}-test-{m}.npy") for m in meta.get("extras", [])}
+                               if test is not None else {})
         return meta
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         return None  # unreadable or partial cache: decode again
@@ -552,11 +562,15 @@ def load_folder(cfg: DataConfig, should_stop: Callable[[], bool] | None = None) 
     workers = _n_workers(cfg.workers)
 
     # ----------------------------------------------- list (folder) / fingerprint
+    mods: dict[str, Path] = {}
     if is_tar:
         st = source.stat()
         fingerprint = f"tar:{st.st_size}:{st.st_mtime_ns}"
     else:
-        entries, n_files, fp = _list_folder(source)
+        mods = modality_dirs(source)  # rgb/ with depth/ and / or seg/ beside it (MultiMAE)
+        entries, n_files, fp = _list_folder(source / IMAGE_DIR if mods else source)
+        for d in mods.values():  # the maps belong to the cache key too
+            fp.update(_list_folder(d)[2].hexdigest().encode())
         if n_files == 0:
             raise DataError(f"folder '{source}' is empty; put images in it (in class sub-folders or flat)")
         if not entries:
@@ -570,10 +584,10 @@ def load_folder(cfg: DataConfig, should_stop: Callable[[], bool] | None = None) 
         meta = _load_cache(cache_dir, key)
         if meta is not None:
             classes = meta["classes"]
-            train = _image_set(meta["train"], meta["train_labels"], classes)
+            train = _image_set(meta["train"], meta["train_labels"], classes, meta["train_extras"])
             test = None
             if meta["test"] is not None:
-                test = _image_set(meta["test"], meta["test_labels"], classes)
+                test = _image_set(meta["test"], meta["test_labels"], classes, meta["test_extras"])
             info = dict(meta["info"], cached=True, cache_file=str(cache_dir / f"{key}-train.npy"))
             info["seconds"] = round(time.perf_counter() - t0, 3)
             return DataSplits(train, test, meta["name"], str(source), info)
@@ -701,6 +715,12 @@ def load_folder(cfg: DataConfig, should_stop: Callable[[], bool] | None = None) 
 
     train_imgs = take(train_sel)
     test_imgs = take(test_sel) if len(test_sel) else None
+    maps = decode_modalities([lay.files[j].parts for j in keep], mods, size, should_stop) if mods else {}
+    train_extras = {m: a[train_sel] for m, a in maps.items()}
+    test_extras = {m: a[test_sel] for m, a in maps.items()} if test_imgs is not None else {}
+    del maps
+    if mods:
+        info["extras"] = sorted(mods)
     train_labels = labels[train_sel].tolist() if labels is not None else None
     test_labels = labels[test_sel].tolist() if labels is not None and test_imgs is not None else None
     del decoded
@@ -715,6 +735,9 @@ def load_folder(cfg: DataConfig, should_stop: Callable[[], bool] | None = None) 
             _atomic_save_npy(cache_dir / f"{key}-train.npy", train_imgs)
             if test_imgs is not None:
                 _atomic_save_npy(cache_dir / f"{key}-test.npy", test_imgs)
+            for split, ex in (("train", train_extras), ("test", test_extras)):
+                for m, a in ex.items():
+                    _atomic_save_npy(cache_dir / f"{key}-{split}-{m}.npy", a)
             meta = {
                 "version": CACHE_VERSION,
                 "name": name,
@@ -725,11 +748,14 @@ def load_folder(cfg: DataConfig, should_stop: Callable[[], bool] | None = None) 
                 "n_test": 0 if test_imgs is None else len(test_imgs),
                 "train_labels": train_labels,
                 "test_labels": test_labels,
+                "extras": sorted(train_extras),
                 "info": dict(info, cached=False),
             }
             _atomic_write_json(cache_dir / f"{key}.json", meta)  # last: marks the cache complete
             train_imgs = _map_npy(cache_dir / f"{key}-train.npy")  # frees the decoded copy
             test_imgs = _map_npy(cache_dir / f"{key}-test.npy") if test_imgs is not None else None
+            train_extras = {m: _map_npy(cache_dir / f"{key}-train-{m}.npy") for m in train_extras}
+            test_extras = {m: _map_npy(cache_dir / f"{key}-test-{m}.npy") for m in test_extras}
             info["cache_file"] = str(cache_dir / f"{key}-train.npy")
         except OSError as e:
             info["warnings"].append(
@@ -737,6 +763,6 @@ def load_folder(cfg: DataConfig, should_stop: Callable[[], bool] | None = None) 
             )
 
     info["seconds"] = round(time.perf_counter() - t0, 3)
-    train = _image_set(train_imgs, train_labels, lay.classes)
-    test = _image_set(test_imgs, test_labels, lay.classes) if test_imgs is not None else None
+    train = _image_set(train_imgs, train_labels, lay.classes, train_extras)
+    test = _image_set(test_imgs, test_labels, lay.classes, test_extras) if test_imgs is not None else None
     return DataSplits(train, test, name, str(source), info)

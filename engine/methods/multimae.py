@@ -44,8 +44,10 @@ Paper / official-code defaults kept here:
     optimiser        AdamW, betas (0.9, 0.95), lr 1e-4 x batch / 256, weight decay 0.05, 40 warm-up
                      epochs, cosine to 0, batch 2048, 1600 epochs (preset ``multimae``)
 
-``params.modalities`` may restrict the run (it must keep rgb); a dataset without depth or
-segmentation (an image folder) works only with ``modalities: [rgb]``.
+Data: ``shapes`` has all three; a folder provides depth and segmentation as trees parallel
+to its images (``rgb/``, ``depth/``, ``seg/``, files of the same names; see
+:mod:`engine.data.modalities`). ``params.modalities`` may restrict the run (it must keep rgb);
+a source without the maps (a plain folder, an archive) works only with ``modalities: [rgb]``.
 
 ``embed()`` for kNN: the encoder on RGB alone (all RGB tokens, no masking), its global token
 after the final norm (``embed_pool: cls``; every decoder cross-attends to it), or the mean of
@@ -71,6 +73,7 @@ from timm.models.vision_transformer import Block as ViTBlock
 from torch import nn
 
 from ..augment import denormalize
+from ..data.modalities import available_modalities
 from ..components import ViTBackboneMixin, build_backbone, xavier_init_split_qkv
 from ..errors import ConfigError, DataError
 from ..masking import dirichlet_allocation, mask_to_pixels, multimodal_random_masking
@@ -308,11 +311,12 @@ class MultiMAE(Method):
         super().__init__(cfg, image_size)
         p = self.p
         self.modalities: list[str] = list(p.modalities)
-        extra = [m for m in self.modalities if m != "rgb"]
-        if extra and cfg.data.source.strip().lower() != "shapes":  # known before any image is read
+        missing = [m for m in self.modalities if m != "rgb" and m not in available_modalities(cfg.data.source)]
+        if missing:  # known before any image is read
             raise ConfigError(
-                f"MultiMAE with modalities {self.modalities} needs per-image {' and '.join(extra)} maps, "
-                "which only the 'shapes' dataset has: use data.source=shapes or set params.modalities=[rgb]")
+                f"MultiMAE with modalities {self.modalities} needs per-image {' and '.join(missing)} maps, "
+                f"which data.source does not have: use 'shapes', a folder with rgb/ and {'/, '.join(missing)}/ "
+                "beside it (files of the same names), or set params.modalities=[rgb]")
         # --- shared encoder: the project's timm ViT (its patch projection is the RGB adapter)
         self.backbone = build_backbone(cfg.model, image_size)
         if not isinstance(self.backbone, ViTBackboneMixin):
@@ -500,8 +504,8 @@ class MultiMAE(Method):
         if missing:
             raise DataError(
                 f"MultiMAE with modalities {self.modalities} needs per-image {' and '.join(missing)} maps, "
-                "which this dataset does not have (only the 'shapes' dataset has depth and seg): "
-                "use data.source=shapes or set params.modalities=[rgb]")
+                "which this dataset does not have (the 'shapes' dataset has depth and seg; a folder has "
+                "them as rgb/, depth/ and seg/ trees): use data.source=shapes or set params.modalities=[rgb]")
         if "seg" in self.modalities and not self._seg_checked:  # one host sync, on the first batch
             top = int(batch.extras["seg"].max())
             if top >= self.p.seg_classes:

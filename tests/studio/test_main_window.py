@@ -550,6 +550,7 @@ def test_data_page_loads_and_previews_augmentation(make_window, qtbot, tmp_path)
     s = page.splits
     assert len(s.train) == 256 and len(s.test) == 128 and s.image_size == 32
     assert page.info_labels["train"].text().startswith("256")
+    assert page.info_labels["image size"].text() == "32 × 32 px, with depth and seg maps"
     assert not page.thumbs.pixmap().isNull() and not page.preview.pixmap().isNull()
     assert page.data_for(win.inspector.config()) is s
     before = page.preview.pixmap().toImage()
