@@ -16,10 +16,17 @@ would give.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .config import DataConfig, RunConfig
 from .errors import ConfigError
+
+# A saved BEiT tokenizer loaded into a model on 'meta' copies its weights into meta tensors, a
+# no-op torch warns about once per tensor. Only this module builds on 'meta'; the filter is set
+# once (catch_warnings around each check would not be thread-safe: the studio checks in a thread).
+warnings.filterwarnings("ignore", message=r".*copying from a non-meta parameter in the checkpoint to a meta")
 
 
 def known_image_size(data: DataConfig) -> int | None:

@@ -22,6 +22,7 @@ from engine.methods import create_method, get_method
 from engine.methods.base import Batch
 from engine.methods.beit import mim_cross_entropy
 from engine.optim import build_optimizer, set_lr_wd
+from engine.preflight import preflight
 from engine.presets import load_preset
 from engine.trainer import Trainer
 from helpers import with_
@@ -241,6 +242,13 @@ def test_bad_tokenizer_paths(tmp_path) -> None:
         build({"tokenizer_path": str(path), "vocab_size": 128})
     with pytest.raises(CheckpointError, match="one token per 8 px"):
         build({"tokenizer_path": str(path)}, **{"model.patch_size": 4})
+    # the studio's / CLI's setup check (built on the meta device) reads the file and says the same
+    ok = validate_config(with_(_tiny(), method="beit", params={**SMALL, "tokenizer_path": str(path)}, **VIT))
+    preflight(ok, 32)
+    bad = validate_config(with_(_tiny(), method="beit", params={**SMALL, "tokenizer_path": str(path),
+                                                                 "vocab_size": 128}, **VIT))
+    with pytest.raises(CheckpointError, match="vocabulary of 64"):
+        preflight(bad, 32)
     with pytest.raises(ConfigError, match="tokenizer_steps is 0"):
         validate_config(with_(_tiny(), method="beit", params={"tokenizer_steps": 0}))
 
