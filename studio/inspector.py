@@ -17,9 +17,12 @@ anything else               line edit parsed as YAML
 ==========================  =================================================
 
 Validation is immediate: after each edit the whole config is built through
-``engine.config.validate_config``; an invalid value is shown in red with the
-engine's reason (below the field and in a banner) and ``validity_changed(False,
-reason)`` tells the window to disable Start. Values that differ from the
+``engine.config.validate_config``; every invalid value is shown in red with the
+engine's reason (below the field; the first in a banner) and ``validity_changed(False,
+reason)`` tells the window to disable Start. The method's own checks of the combination
+(``engine.preflight``: MAE needs a ViT, SimCLR two views, crops no larger than the images)
+follow a moment later from a background thread (``studio.setup_check``) and show the same
+way, with links to the method's presets; ``check_now()`` finishes a pending one (Start). Values that differ from the
 reference (the loaded preset / YAML, else the defaults) are marked with a dot and
 a bold label. Live-tunable settings (``engine.config.live_keys``) carry a
 lightning icon and stay editable while a run goes: committing one (Enter, focus
