@@ -315,8 +315,8 @@ class MultiMAE(Method):
         if missing:  # known before any image is read
             raise ConfigError(
                 f"MultiMAE with modalities {self.modalities} needs per-image {' and '.join(missing)} maps, "
-                f"which data.source does not have: use 'shapes', a folder with rgb/ and {'/, '.join(missing)}/ "
-                "beside it (files of the same names), or set params.modalities=[rgb]")
+                f"which data.source does not have: use 'shapes', a folder holding rgb/ plus "
+                f"{'/ and '.join(missing)}/ trees (files of the same names), or set params.modalities=[rgb]")
         # --- shared encoder: the project's timm ViT (its patch projection is the RGB adapter)
         self.backbone = build_backbone(cfg.model, image_size)
         if not isinstance(self.backbone, ViTBackboneMixin):
