@@ -294,14 +294,17 @@ def test_embed_is_the_encoder_on_rgb_alone() -> None:
 
 
 # ------------------------------------------------------------ data and config
-def test_rgb_only_and_missing_modalities() -> None:
+def test_rgb_only_and_missing_modalities(tmp_path) -> None:
     folder_like = shapes_batch(8, extras=False)  # an image folder: no depth, no seg
     with pytest.raises(DataError, match=r"params.modalities=\[rgb\]"):
         build().training_step(folder_like, 0)
     # known from the config alone, so refused before any data is read (the studio disables Start)
+    plain = tmp_path / "imgs"
+    plain.mkdir()
     with pytest.raises(ConfigError, match=r"which data.source does not have.*params.modalities=\[rgb\]"):
-        build(**{"data.source": "/data/imagenette"})
-    build({"modalities": ["rgb"]}, **{"data.source": "/data/imagenette"})
+        build(**{"data.source": str(plain)})
+    build({"modalities": ["rgb"]}, **{"data.source": str(plain)})
+    build(**{"data.source": str(tmp_path / "gone")})  # a finished run's folder deleted: it still builds (export)
     m = build({"modalities": ["rgb"]})
     assert not hasattr(m, "depth_proj") and list(m.decoders) == ["rgb"]
     out = m.training_step(folder_like, 0)

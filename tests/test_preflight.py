@@ -4,6 +4,8 @@ The studio disables Start with these reasons and the trainer refuses a bad setup
 loads the data, so the checks must (a) accept every shipped preset, (b) refuse exactly what the
 real build refuses, with the same message."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -43,7 +45,7 @@ REFUSED = [
     ({"model.arch": "swin_tiny", "aug.global_crops.size": None, "data.shapes_size": 40}, "multiple of 32"),
     ({"model.arch": "resnet7"}, "unknown"),
     ({"method": "multimae", "model.arch": "vit_tiny", "model.patch_size": 4, "aug.global_crops.count": 0,
-      "data.source": "/data/imagenette", "data.image_size": 32}, "which data.source does not have"),
+      "data.source": str(Path(__file__).parent), "data.image_size": 32}, "which data.source does not have"),
 ]
 
 

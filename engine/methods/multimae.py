@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+from pathlib import Path
 from functools import partial
 from typing import Literal
 
@@ -312,7 +313,8 @@ class MultiMAE(Method):
         p = self.p
         self.modalities: list[str] = list(p.modalities)
         missing = [m for m in self.modalities if m != "rgb" and m not in available_modalities(cfg.data.source)]
-        if missing:  # known before any image is read
+        if missing and Path(cfg.data.source).expanduser().exists():  # known before any image is read
+            # (a source that is gone is the loader's to report: a finished run still exports)
             raise ConfigError(
                 f"MultiMAE with modalities {self.modalities} needs per-image {' and '.join(missing)} maps, "
                 f"which data.source does not have: use 'shapes', a folder holding rgb/ plus "
