@@ -414,3 +414,11 @@ def test_trains_on_a_folder_with_depth_and_seg_trees(tmp_path) -> None:
     Trainer(cfg, tmp_path / "run", listeners=(seen.append,)).run()
     steps = [e for e in seen if isinstance(e, ev.StepMetrics)]
     assert seen[-1].status == "completed" and {"loss_rgb", "loss_depth", "loss_seg"} <= set(steps[-1].scalars)
+    # the data folder deleted afterwards: the run still exports its backbone
+    import shutil
+
+    from engine.cli import export
+
+    shutil.rmtree(root)
+    assert export.main(["--run", str(tmp_path / "run"), "--format", "timm", "--out", str(tmp_path / "vit.pth")]) == 0
+    assert (tmp_path / "vit.pth").is_file()
