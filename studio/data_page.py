@@ -110,6 +110,36 @@ def compose_rows(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], cell: int
     return pm
 
 
+def thumbnail_rows(s) -> list[tuple[str, list[tuple[np.ndarray, str]]]]:
+    """The data page's grid: up to 8 training images per class (12 classes; unlabelled: the
+    first 32), then, when the set has depth / segmentation maps, the first 8 images with their
+    maps below them, so their alignment can be checked by eye."""
+    imgs = s.train.images
+    rows: list[tuple[str, list[tuple[np.ndarray, str]]]] = []
+    if s.train.labels is not None and s.classes:
+        labels = s.train.labels.numpy()
+        for c, name in enumerate(s.classes[:12]):
+            idx = np.flatnonzero(labels == c)[:8]
+            if len(idx):
+                rows.append((name, [(imgs[int(i)].numpy(), "") for i in idx]))
+    else:
+        n = min(len(imgs), 32)
+        for r in range(0, n, 8):
+            rows.append((f"#{r}", [(imgs[i].numpy(), "") for i in range(r, min(n, r + 8))]))
+    ex, n = s.train.extras, min(len(imgs), 8)
+    if n and ("depth" in ex or "seg" in ex):
+        rows.append(("images", [(imgs[i].numpy(), "") for i in range(n)]))
+        if "depth" in ex:  # uint8 [N, 1, H, W], brighter = nearer
+            rows.append(("depth", [(np.repeat(ex["depth"][i].numpy(), 3, axis=0), "") for i in range(n)]))
+        if "seg" in ex:  # uint8 [N, H, W] class ids, 0 = background (dark grey)
+            from engine.methods.multimae import seg_palette
+
+            seg = ex["seg"][:n].long()
+            pal = seg_palette(int(seg.max()) + 1).numpy()  # [K, 3]
+            rows.append(("segmentation", [(pal[seg[i].numpy()].transpose(2, 0, 1), "") for i in range(n)]))
+    return rows
+
+
 # ------------------------------------------------------------- background
 
 def _preview_key(cfg: RunConfig) -> tuple:
@@ -536,20 +566,7 @@ class DataPage(QWidget):
         L["notes"].setText("\n".join(notes) or "–")
 
     def _show_thumbnails(self, s) -> None:
-        imgs = s.train.images
-        cell = 56
-        rows: list[tuple[str, list[tuple[np.ndarray, str]]]] = []
-        if s.train.labels is not None and s.classes:
-            labels = s.train.labels.numpy()
-            for c, name in enumerate(s.classes[:12]):
-                idx = np.flatnonzero(labels == c)[:8]
-                if len(idx):
-                    rows.append((name, [(imgs[int(i)].numpy(), "") for i in idx]))
-        else:
-            n = min(len(imgs), 32)
-            for r in range(0, n, 8):
-                rows.append((f"#{r}", [(imgs[i].numpy(), "") for i in range(r, min(n, r + 8))]))
-        self.thumbs.setPixmap(compose_rows(rows, cell, self.palette()))
+        self.thumbs.setPixmap(compose_rows(thumbnail_rows(s), 56, self.palette()))
 
     def _preview_images(self):
         import torch

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("PySide6")
@@ -551,6 +552,14 @@ def test_data_page_loads_and_previews_augmentation(make_window, qtbot, tmp_path)
     assert len(s.train) == 256 and len(s.test) == 128 and s.image_size == 32
     assert page.info_labels["train"].text().startswith("256")
     assert page.info_labels["image size"].text() == "32 × 32 px, with depth and seg maps"
+    # the grid ends with the first images and their maps, the maps' pixels from the data
+    from studio.data_page import thumbnail_rows
+
+    rows = dict(thumbnail_rows(s))
+    assert [name for name, _ in thumbnail_rows(s)][-3:] == ["images", "depth", "segmentation"]
+    assert len(rows["depth"]) == 8 and (rows["depth"][0][0][0] == s.train.extras["depth"][0, 0].numpy()).all()
+    seg0, pic = s.train.extras["seg"][0].numpy(), rows["segmentation"][0][0]
+    assert pic.shape == (3, 32, 32) and len({tuple(pic[:, y, x]) for y, x in zip(*np.nonzero(seg0 == 0))}) == 1
     assert not page.thumbs.pixmap().isNull() and not page.preview.pixmap().isNull()
     assert page.data_for(win.inspector.config()) is s
     before = page.preview.pixmap().toImage()
