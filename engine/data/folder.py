@@ -61,7 +61,7 @@ from PIL import Image, ImageOps
 
 from ..errors import Cancelled, DataError
 from ..fileio import atomic_open
-from .modalities import IMAGE_DIR, decode_modalities, modality_dirs
+from .modalities import IMAGE_DIR, centre_box, decode_modalities, modality_dirs
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..config import DataConfig
@@ -126,9 +126,7 @@ def _decode_one(src: str | bytes, size: int) -> tuple[np.ndarray, tuple[int, int
         w, h = im.size
         resized = (w, h) != (size, size)
         if resized:
-            s = min(w, h)
-            box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)  # centre square
-            im = im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+            im = im.resize((size, size), Image.Resampling.BICUBIC, box=centre_box(w, h), reducing_gap=3.0)
         arr = np.asarray(im, dtype=np.uint8)  # [S, S, 3]
     if arr.shape != (size, size, 3):
         raise ValueError(f"decoded to an unexpected shape {arr.shape}")

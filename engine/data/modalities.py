@@ -10,7 +10,8 @@ extension)::
     mydata/seg/train/cat/0001.png       one channel of class ids, 0 = background
 
 Each map gets the RGB image's geometry (short side resized to S, centre square): depth
-bilinear, then stored as uint8 [N, 1, S, S] (16-bit maps scaled to 0-255 by 1/257);
+bilinear, then stored as uint8 [N, 1, S, S] (16/32-bit and float maps brought to 8 bit as
+images are: 16-bit by 1/257);
 segmentation nearest-neighbour, uint8 [N, S, S] (ids above 255 are refused). The shapes
 dataset provides the same two extras. Folders only (not archives).
 """
@@ -54,25 +55,25 @@ def _index(folder: Path) -> dict[tuple[str, ...], Path]:
     return out
 
 
-def _square(im: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
-    w, h = im.size
-    if (w, h) == (size, size):
-        return im
+def centre_box(w: int, h: int) -> tuple[float, float, float, float]:
+    """The centre square of a w x h image, as PIL's resize box (images and their maps alike)."""
     s = min(w, h)
-    box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)  # centre square, as the RGB images
-    return im.resize((size, size), resample, box=box)
+    return ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+
+
+def _square(im: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    if im.size == (size, size):
+        return im
+    return im.resize((size, size), resample, box=centre_box(*im.size))
 
 
 def _depth(path: Path, size: int) -> np.ndarray:
+    from .folder import _to_rgb  # (folder imports this module) 16/32-bit and float maps to 8 bit, as images
+
     with Image.open(path) as im:
         im.load()
-        if im.mode.startswith("I") or im.mode == "F":  # 16 / 32 bit
-            a = np.asarray(im, dtype=np.float64)
-            a = a / 257.0 if (im.mode.startswith("I;16") or a.max(initial=0) > 255) else a
-            im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-        else:
-            im = im.convert("L")
-        return np.asarray(_square(im, size, Image.Resampling.BILINEAR), dtype=np.uint8)[None]  # [1, S, S]
+        gray = _to_rgb(im)[0].convert("L")
+        return np.asarray(_square(gray, size, Image.Resampling.BILINEAR), dtype=np.uint8)[None]  # [1, S, S]
 
 
 def _seg(path: Path, size: int) -> np.ndarray:

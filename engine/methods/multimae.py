@@ -62,8 +62,8 @@ from __future__ import annotations
 
 import colorsys
 import math
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -74,8 +74,8 @@ from timm.models.vision_transformer import Block as ViTBlock
 from torch import nn
 
 from ..augment import denormalize
-from ..data.modalities import available_modalities
 from ..components import ViTBackboneMixin, build_backbone, xavier_init_split_qkv
+from ..data.modalities import available_modalities
 from ..errors import ConfigError, DataError
 from ..masking import dirichlet_allocation, mask_to_pixels, multimodal_random_masking
 from ..probes import MASK_GREY, mask_images, norm_pix_target, patchify, reconstruction_panels, to_hwc_uint8, unpatchify
@@ -315,10 +315,7 @@ class MultiMAE(Method):
         missing = [m for m in self.modalities if m != "rgb" and m not in available_modalities(cfg.data.source)]
         if missing and Path(cfg.data.source).expanduser().exists():  # known before any image is read
             # (a source that is gone is the loader's to report: a finished run still exports)
-            raise ConfigError(
-                f"MultiMAE with modalities {self.modalities} needs per-image {' and '.join(missing)} maps, "
-                f"which data.source does not have: use 'shapes', a folder holding rgb/ plus "
-                f"{'/ and '.join(missing)}/ trees (files of the same names), or set params.modalities=[rgb]")
+            raise ConfigError(self._missing_maps(missing, "data.source does not have"))
         # --- shared encoder: the project's timm ViT (its patch projection is the RGB adapter)
         self.backbone = build_backbone(cfg.model, image_size)
         if not isinstance(self.backbone, ViTBackboneMixin):
@@ -352,6 +349,11 @@ class MultiMAE(Method):
         self._probe_set: dict[str, torch.Tensor] | None = None
         self._seg_checked = False
         self._initialize_weights()
+
+    def _missing_maps(self, missing: list[str], why: str) -> str:
+        return (f"MultiMAE with modalities {self.modalities} needs per-image {' and '.join(missing)} maps, "
+                f"which {why}: use 'shapes', a folder holding rgb/ plus {'/ and '.join(missing)}/ trees "
+                "(files of the same names), or set params.modalities=[rgb]")
 
     @torch.no_grad()
     def _initialize_weights(self) -> None:
@@ -504,10 +506,7 @@ class MultiMAE(Method):
     def _check_data(self, batch: Batch) -> None:
         missing = [m for m in self.modalities if m != "rgb" and m not in batch.extras]
         if missing:
-            raise DataError(
-                f"MultiMAE with modalities {self.modalities} needs per-image {' and '.join(missing)} maps, "
-                "which this dataset does not have (the 'shapes' dataset has depth and seg; a folder has "
-                "them as rgb/, depth/ and seg/ trees): use data.source=shapes or set params.modalities=[rgb]")
+            raise DataError(self._missing_maps(missing, "this dataset does not have"))
         if "seg" in self.modalities and not self._seg_checked:  # one host sync, on the first batch
             top = int(batch.extras["seg"].max())
             if top >= self.p.seg_classes:
