@@ -90,6 +90,29 @@ def run_method(method: str, args, source: str) -> dict:
     return row
 
 
+def untrained_row(args, source: str) -> dict:
+    """The same kNN protocol on a randomly initialised ResNet-18 (CIFAR stem, seed 0): the floor a
+    trained backbone must clear (a random ResNet-18 already separates CIFAR-10 classes somewhat)."""
+    from engine.data import load_dataset
+    from engine.evaluation import knn_evaluate
+    from engine.methods import create_method
+
+    row: dict = {"method": "untrained (random init)", "epochs": 0, "lightly_200_epochs": None}
+    try:
+        cfg = validate_config(method_config("simclr", args, source))
+        device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+        t0 = time.time()
+        data = load_dataset(cfg.data)
+        torch.manual_seed(cfg.train.seed)
+        method = create_method(cfg, data.image_size).to(device)
+        dtype = torch.bfloat16 if device.type == "cuda" else None
+        knn, _, _ = knn_evaluate(method, data, cfg, device, dtype)
+        row.update(status="completed", knn_top1=knn, wall_s=round(time.time() - t0, 1))
+    except Exception as e:  # noqa: BLE001 - the baseline must not stop the trained rows
+        row["error"] = f"{type(e).__name__}: {e}"
+    return row
+
+
 def _mean_rate(windows: list[tuple[int, float]]) -> float | None:
     """Total images / total time over the StepMetrics windows (each weighted by its steps)."""
     r = step_weighted_rate(windows)
@@ -118,10 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--time-limit", type=float, help="seconds per method (the run stops and is evaluated)")
     p.add_argument("--small", action="store_true", help="CPU smoke run on shapes")
+    p.add_argument("--no-baseline", action="store_true", help="skip the untrained-backbone kNN row")
+    p.add_argument("--baseline-only", action="store_true",
+                   help="only the untrained-backbone kNN row (runs on the CPU too, with --data)")
     p.add_argument("--out", default="bench/results")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and args.device != "cpu"
-    args.small = args.small or not cuda
+    args.small = args.small or (not cuda and not (args.baseline_only and args.data))
     if args.small:
         args.epochs, args.batch_size, args.device = min(args.epochs, 1), min(args.batch_size, 64), "cpu"
     elif not args.data:
@@ -133,8 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "cifar10_knn_resnet18_cifarstem", "device": device_name(torch.device("cuda" if cuda else "cpu")),
               "torch": torch.__version__, "batch_size": args.batch_size, "data": source, "rows": []}
     out = Path(args.out)
-    path = out / f"cifar10-accuracy-{'cpu-smoke' if args.small else 'cuda'}.json"
-    for m in args.methods:
+    tag = "cpu-smoke" if args.small else ("cuda" if cuda else "cpu")
+    path = out / f"cifar10-accuracy-{tag}{'-baseline' if args.baseline_only else ''}.json"
+    methods = [] if args.baseline_only else list(args.methods)
+    if not args.no_baseline or args.baseline_only:
+        row = untrained_row(args, source)
+        result["rows"].append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        atomic_write_text(path, json.dumps(result, indent=1))
+    for m in methods:
         row = run_method(m, args, source)
         result["rows"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)

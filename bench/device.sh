@@ -6,6 +6,8 @@
 #     simclr    CLI smoke on CUDA + SimCLR bench, eager, lightly in the same run (issue 2 pt 12), ~2 min
 #     compiled  the same SimCLR bench with torch.compile (ours and the bare model), ~3 min
 #     methods   per-method benches vs lightly (issues 4 pt 7, 5 pt 8), ~5 min
+#     vit-compiled  DINO, MAE, SimMIM benches with torch.compile (default mode, then reduce-overhead:
+#               CUDA graphs) against eager lightly (issues 4 pt 7, 5 pt 8: eager ours was 1.0x / 0.9x), ~6 min
 #     studio    MIM CUDA smoke, then throughput with the studio attached vs headless (issue 3 pt 10), ~3 min;
 #               needs .qt (bash bench/qt_bundle.sh builds it)
 #     accuracy  CIFAR-10 kNN, $EPOCHS (20) epochs each, SimCLR / MoCo v2 / BYOL / DINO (issue 4 pt 8), ~8 min
@@ -47,13 +49,19 @@ compiled)
 methods)
   # DINO, MAE, SimMIM, 7 ResNet methods against lightly 1.6.0; its own budget skips what does not fit
   T=$(cap 420); [ "$T" != 0 ] && step "$T" python3 bench/methods.py --out "$OUT" --budget-s $((T - 10)) ;;
+vit-compiled)
+  # compiling a ViT-B takes about a minute: long warm-ups, long per-bench timeouts; lightly stays eager
+  for MODE in default reduce-overhead; do
+    T=$(cap 330); [ "$T" != 0 ] && step "$T" python3 bench/methods.py --out "$OUT" --compile --compile-mode $MODE \
+      --only mae_vitb16 simmim_vitb16 dino_vits16 --warmup 25 --steps 40 --bench-timeout 150 --budget-s $((T - 10))
+  done ;;
 studio)
   # The device image has no Qt: .qt holds a trimmed PySide6 + pyqtgraph and Debian 12 .debs of the
   # system libraries Qt loads; only libraries the machine lacks are linked in.
   if ! python3 -c "import PySide6.QtWidgets" 2>/dev/null && [ -f .qt/qt.tar.xz ]; then
     mkdir -p /tmp/qt /tmp/qtsys /tmp/qtlibs && tar -xJf .qt/qt.tar.xz -C /tmp/qt
     for d in .qt/*.deb; do dpkg -x "$d" /tmp/qtsys; done
-    for f in /tmp/qtsys/usr/lib/x86_64-linux-gnu/*.so.*; do
+    for f in /tmp/qtsys/usr/lib/x86_64-linux-gnu/*.so.* /tmp/qtsys/lib/x86_64-linux-gnu/*.so.*; do  # Debian 12 keeps some in /lib
       ldconfig -p | grep -q "/$(basename "$f")\$" || ln -sf "$f" /tmp/qtlibs/
     done
     export PYTHONPATH=/tmp/qt/site:$PYTHONPATH LD_LIBRARY_PATH=/tmp/qtlibs:${LD_LIBRARY_PATH:-}
@@ -62,7 +70,7 @@ studio)
   QT_QPA_PLATFORM=offscreen python3 -c "from PySide6.QtWidgets import QApplication; import pyqtgraph; QApplication([]); print('Qt ok')" \
     || echo "Qt does not load here: the studio run below will fail (the headless runs are still written)"
   # CUDA smoke of the masked-image methods (host-made masks reach the GPU without a sync)
-  for P in mae_small multimae_small beit_small; do
+  for P in $([ "${STUDIO_SMOKE:-1}" = 1 ] && echo mae_small multimae_small beit_small); do
     step 45 python3 -m engine.cli.train --preset $P --data shapes --steps 20 --batch-size 64 --device cuda \
       --out /tmp/smoke_$P --overwrite --quiet --set train.log_every=10 --set data.shapes_size=32 \
       $([ $P = beit_small ] && echo --set params.tokenizer_steps=10) 2>&1 | tail -2
@@ -72,7 +80,7 @@ studio)
 accuracy)
   step 540 python3 bench/cifar_accuracy.py --data /tmp/data/cifar10 --cache-dir /tmp/cache --epochs "$EPOCHS" \
     --time-limit 120 --out "$OUT" ;;
-*) echo "unknown part: $PART (simclr, compiled, methods, studio, accuracy)"; exit 2 ;;
+*) echo "unknown part: $PART (simclr, compiled, methods, vit-compiled, studio, accuracy)"; exit 2 ;;
 esac
 done
 if [ "${PACK:-0}" = 1 ]; then tar -czf "$FINAL_OUT/results.tgz" -C "$OUT" . && ls -la "$OUT"; fi

@@ -119,6 +119,7 @@ sys.path.insert(0, str(ROOT))
 from bench.run import _time, device_name, make_data  # noqa: E402  (the SimCLR bench: reused, not copied)
 
 from engine import events as ev  # noqa: E402
+from engine.compiling import MODES, Compiled  # noqa: E402
 from engine.config import validate_config  # noqa: E402
 from engine.data import DataSplits, ImageSet  # noqa: E402
 
@@ -477,7 +478,8 @@ def our_config(spec: Spec, args, sz: dict, total_steps: int) -> dict:
         "optim": spec.optim,
         "train": {"steps": total_steps, "batch_size": sz["batch"], "device": "cuda" if args.cuda else "cpu",
                   "log_every": args.log_every, "eval_every": 10**9, "ckpt_every": 10**9,
-                  "probe_every_s": 1e12, "compile": bool(args.compile), "precision": args.precision},
+                  "probe_every_s": 1e12, "compile": bool(args.compile), "precision": args.precision,
+                  "compile_mode": args.compile_mode},
     }
 
 
@@ -523,10 +525,13 @@ def run_ours(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
             pass
 
     marks: list[tuple[int, float]] = []
+    fallback: list[str] = []
 
     def listen(e):
         if isinstance(e, ev.StepMetrics):
             marks.append((e.step, time.perf_counter()))
+        elif isinstance(e, ev.RunWarning) and "torch.compile failed" in e.message:
+            fallback.append(e.message)
 
     total = args.warmup + args.steps
     cfg = validate_config(our_config(spec, args, sz, total))
@@ -542,7 +547,8 @@ def run_ours(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
     ips = (s1 - s0) * sz["batch"] / (t1 - t0_)
     opt = spec.optim["optimizer"]
     return {"images_per_s": ips, "timed_steps": s1 - s0, "wall_s": round(wall, 2), "peak_mem_gb": _peak_gb(args),
-            "log_every": args.log_every, "optimizer": opt + (" (fused)" if args.cuda and opt != "lars" else "")}
+            "log_every": args.log_every, "optimizer": opt + (" (fused)" if args.cuda and opt != "lars" else ""),
+            **({"compile_fallback": fallback[0]} if fallback else {})}
 
 
 # ======================================================================= model_only
@@ -562,9 +568,9 @@ def run_model_only(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
     cuda = args.cuda
     if cuda and cfg.train.channels_last:
         m.to(memory_format=torch.channels_last)
-    if cuda and args.compile:
-        for c in m.children():
-            c.compile()
+    compiled = Compiled(list(m.children()) if cuda and args.compile else [], args.compile_mode)
+    compiled.compile()
+    fallback: list[str] = []
     opt = build_optimizer(m, m.param_groups(), cfg.optim, peak_lr(cfg.optim, sz["batch"]), dev)
     x = data.train.images[: sz["batch"]].to(dev)
     aug = GPUAugment(cfg.aug, img)
@@ -574,18 +580,21 @@ def run_model_only(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
     batch = Batch(views=views, images=x, n_global=aug.n_global)
     it = [0]
 
-    def step():
+    def forward_backward():
         with _autocast(args):
             out = m.training_step(batch, it[0])
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
+
+    def step():
+        compiled.guard(forward_backward, fallback.append)
         opt.step()
         m.after_optimizer_step(it[0])
         it[0] += 1
 
     _reset_peak(args)
     ips = _time(step, _timing(args, batch=sz["batch"]), cuda)
-    res = {"images_per_s": ips, "peak_mem_gb": _peak_gb(args)}
+    res = {"images_per_s": ips, "peak_mem_gb": _peak_gb(args), **({"compile_fallback": fallback[0]} if fallback else {})}
     res.update(_flops_of(step, sz["batch"], args))
     return res
 
@@ -1072,7 +1081,7 @@ def _host() -> dict:
 
 def result_path(args, name: str) -> Path:
     tag = "cuda" if args.cuda else "cpu"
-    return Path(args.out) / f"{name}-{tag}{'-compiled' if args.compile else ''}.json"
+    return Path(args.out) / f"{name}-{tag}{_compiled_tag(args)}.json"
 
 
 def run_bench(name: str, args, parts: list[str] | None = None, timeout: float | None = None) -> dict:
@@ -1098,6 +1107,7 @@ def run_bench(name: str, args, parts: list[str] | None = None, timeout: float | 
         "precision": "bf16" if _autocast_dtype(args) is not None else "fp32",
         "channels_last": {"ours": bool(args.cuda), "lightly": bool(args.cuda and spec.kind == "resnet")},
         "compile": bool(args.compile),
+        "compile_mode": args.compile_mode if args.compile else None,
         "steps": args.steps,
         "warmup": args.warmup,
         "images_per_s_unit": "source images per second (each with all its crops)",
@@ -1166,6 +1176,13 @@ def run_bench(name: str, args, parts: list[str] | None = None, timeout: float | 
     return result
 
 
+def _compiled_tag(args) -> str:
+    """'' eager; '-compiled', or '-compiled-<mode>' for a mode other than the default."""
+    if not args.compile:
+        return ""
+    return "-compiled" + ("" if args.compile_mode == "default" else f"-{args.compile_mode}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="results folder (default: bench/results on CUDA; a temp folder in small mode)")
@@ -1185,6 +1202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=50_000, help="synthetic 32 px images (ResNet benches)")
     p.add_argument("--n-vit-images", type=int, default=4096, help="synthetic 256 px images (ViT benches)")
     p.add_argument("--compile", action="store_true", help="torch.compile ours (not the anchor)")
+    p.add_argument("--compile-mode", default="default", choices=MODES, help="torch.compile mode (with --compile)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--small", action="store_true", help="tiny sizes (also implied without CUDA)")
     p.add_argument("--small-batch", type=int, default=4)
@@ -1235,7 +1253,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     combined: dict[str, Any] = {"device": device_name(_dev(args)), "torch": torch.__version__, "results": {}}
     tag = "cuda" if args.cuda else "cpu"
-    combined_path = Path(args.out) / f"methods-{tag}{'-compiled' if args.compile else ''}.json"
+    combined_path = Path(args.out) / f"methods-{tag}{_compiled_tag(args)}.json"
 
     def keep(res: dict) -> None:  # one file with every benchmark so far: a device call returns few files
         combined["results"][res.get("benchmark", name)] = res

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import step_weighted_rate  # noqa: E402
 from engine.fileio import atomic_write_text  # noqa: E402
 from engine import events as ev  # noqa: E402
+from engine.compiling import MODES, Compiled  # noqa: E402
 from engine.config import validate_config  # noqa: E402
 from engine.data import DataSplits, ImageSet, load_dataset  # noqa: E402
 
@@ -65,17 +66,21 @@ def simclr_cfg(args, steps: int) -> dict:
         "optim": {"optimizer": "lars", "lr": 0.3, "warmup_epochs": 0},
         "train": {"steps": steps, "batch_size": args.batch_size, "device": args.device,
                   "log_every": args.log_every, "eval_every": 10**9, "ckpt_every": 10**9,
-                  "probe_every_s": 1e9, "compile": args.compile, "precision": args.precision},
+                  "probe_every_s": 1e9, "compile": args.compile, "precision": args.precision,
+                  "compile_mode": args.compile_mode},
     }
 
 
 def bench_ours(args, data: DataSplits) -> dict:
     """The real Trainer loop; images/s from its own StepMetrics after the warm-up windows."""
     rates: list[tuple[int, float]] = []
+    fallback: list[str] = []
 
     def listen(e):
         if isinstance(e, ev.StepMetrics):
             rates.append((e.step, e.images_per_s))
+        elif isinstance(e, ev.RunWarning) and "torch.compile failed" in e.message:
+            fallback.append(e.message)
 
     from engine.trainer import Trainer
 
@@ -90,7 +95,8 @@ def bench_ours(args, data: DataSplits) -> dict:
         wall = time.time() - t0
     timed = [r for s, r in rates if s > args.warmup]
     ips = step_weighted_rate(rates, after_step=args.warmup)  # total images / total time
-    return {"images_per_s": ips if ips is not None else float("nan"), "windows": len(timed), "wall_s": wall}
+    return {"images_per_s": ips if ips is not None else float("nan"), "windows": len(timed), "wall_s": wall,
+            **({"compile_fallback": fallback[0]} if fallback else {})}
 
 
 def bench_model_only(args, data: DataSplits) -> dict:
@@ -107,9 +113,9 @@ def bench_model_only(args, data: DataSplits) -> dict:
     cuda = dev.type == "cuda"
     if cuda:
         m.to(memory_format=torch.channels_last)
-        if args.compile:
-            for c in m.children():
-                c.compile()
+    compiled = Compiled(list(m.children()) if cuda and args.compile else [], args.compile_mode)
+    compiled.compile()
+    fallback: list[str] = []
     opt = build_optimizer(m, m.param_groups(), cfg.optim, 0.3, dev)
     x = data.train.images[: args.batch_size].to(dev)
     views = GPUAugment(cfg.aug, 32)(x)
@@ -118,14 +124,17 @@ def bench_model_only(args, data: DataSplits) -> dict:
     batch = Batch(views=views, images=x, n_global=2)
     dtype = torch.bfloat16 if cuda and args.precision != "fp32" else None
 
-    def step():
+    def forward_backward():
         with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = m.training_step(batch, 0)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
+
+    def step():
+        compiled.guard(forward_backward, fallback.append)
         opt.step()
 
-    return {"images_per_s": _time(step, args, cuda)}
+    return {"images_per_s": _time(step, args, cuda), **({"compile_fallback": fallback[0]} if fallback else {})}
 
 
 def _time(step, args, cuda: bool) -> float:
@@ -222,6 +231,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     p.add_argument("--n-images", type=int, default=50_000)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-mode", default="default", choices=MODES)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--only", nargs="*", default=["ours", "model_only", "lightly"])
     args = p.parse_args()
@@ -244,12 +254,14 @@ def main() -> int:
         "steps": args.steps,
         "precision": "bf16" if cuda and args.precision != "fp32" else "fp32",
         "compile": args.compile,
+        "compile_mode": args.compile_mode if args.compile else None,
         "data": data.name,
         "n_images": len(data.train),
     }
     out = Path(args.out)
     tag = "cuda" if cuda else "cpu"
-    path = out / f"simclr-{tag}{'-compiled' if args.compile else ''}.json"
+    suffix = ("-compiled" + ("" if args.compile_mode == "default" else f"-{args.compile_mode}")) if args.compile else ""
+    path = out / f"simclr-{tag}{suffix}.json"
     for name in args.only:
         fn = {"ours": bench_ours, "model_only": bench_model_only, "lightly": bench_lightly}[name]
         t = time.time()

@@ -21,7 +21,7 @@ from .fileio import atomic_open
 # keys of the config that may differ between a run and its resumption
 RESUME_MUTABLE = ("train.steps", "train.epochs", "train.time_limit_s", "train.device", "train.log_every",
                   "train.eval_every", "train.ckpt_every", "train.probe_every_s", "train.compile",
-                  "eval", "data.cache_dir", "data.workers", "data.on_device")
+                  "train.compile_mode", "eval", "data.cache_dir", "data.workers", "data.on_device")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:

@@ -249,7 +249,13 @@ class TrainConfig(Strict):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on the CPU."
     )
     channels_last: bool = Field(True, description="channels_last memory format on CUDA.")
-    compile: bool = Field(False, description="torch.compile the model (CUDA only).")
+    compile: bool = Field(
+        False, description="torch.compile the method's modules (CUDA only; the first steps take longer while it "
+        "compiles; a compiler failure falls back to eager with a warning).")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode: reduce-overhead adds CUDA graphs (fewer kernel launches), "
+        "max-autotune also searches kernel configurations (slower to start).",
+        json_schema_extra=applies_when(train__compile=["true"]))
     seed: int = Field(0, ge=0, description="Seed of weights, data order and augmentation.")
     log_every: int = Field(10, ge=1, description="Read metrics back to the host every N steps.")
     eval_every: int = Field(

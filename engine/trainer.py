@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from . import events as ev
 from .augment import GPUAugment
 from .checkpoint import config_differences, load_checkpoint, save_checkpoint
+from .compiling import Compiled
 from .config import OptimConfig, RunConfig, live_keys, total_steps, validate_config
 from .data import DataSplits, load_dataset
 from .data.stream import BatchStream
@@ -297,9 +298,9 @@ class Trainer:
 
         if state is not None:
             self._restore(state)
-        if cfg.train.compile and self.cuda:
-            for child in self.method.children():
-                child.compile()
+        self.compiled = Compiled(list(self.method.children()) if cfg.train.compile and _compile_applies(self.cuda)
+                                 else [], cfg.train.compile_mode)
+        self.compiled.compile()
         self.fixed_images = (data.test or data.train).images[:8].to(self.device)
         self._emit(ev.RunStarted(
             self.step, run_dir=str(self.rd.root), method=cfg.method, device=_device_name(self.device),
@@ -440,11 +441,16 @@ class Trainer:
             lr = self.peak_lr * float(self.lr_shape[step])
             wd = float(self.wd_sched[step])
             set_lr_wd(opt, lr, wd, self.peak_lr)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
-                out = method.training_step(batch, step)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+
+            def forward_backward():
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                    enabled=self.autocast_dtype is not None):
+                    o = method.training_step(batch, step)
+                opt.zero_grad(set_to_none=True)
+                o.loss.backward()
+                return o
+
+            out = self.compiled.guard(forward_backward, self._compile_fallback)
             if self.cfg.optim.clip_grad > 0:
                 out.scalars.setdefault("grad_norm", clip_gradients(method, self.cfg.optim))
             opt.step()
@@ -467,15 +473,18 @@ class Trainer:
                 self._emit(ev.EpochEnd(self.step, epoch=epoch, seconds=time.time() - epoch_t))
                 epoch_t = time.time()
             if eval_due:
-                self._evaluate()
+                self.compiled.guard(self._evaluate, self._compile_fallback)
             if ckpt_due:
                 self._checkpoint()
             if time.time() - last_probe >= cfg.probe_every_s:
-                self._probe()
+                self.compiled.guard(self._probe, self._compile_fallback)
                 last_probe = time.time()
             if timed_out:
                 self._emit(ev.RunWarning(self.step, message=f"time limit of {limit:g} s reached"))
                 self._stop.set()
+
+    def _compile_fallback(self, message: str) -> None:
+        self._emit(ev.RunWarning(self.step, message=message))
 
     # -------------------------------------------------- metrics read-back
     def _reset_acc(self) -> None:
@@ -526,11 +535,11 @@ class Trainer:
             self._checkpoint()
         best = self.best_knn
         if self._evaluated_at != self.step:
-            self._evaluate()
+            self.compiled.guard(self._evaluate, self._compile_fallback)
         if self.best_knn != best:
             self._checkpoint()
         if self._probed_at != self.step:  # the last snapshot shows the final model (step slider's end)
-            self._probe()
+            self.compiled.guard(self._probe, self._compile_fallback)
 
     @torch.no_grad()
     def _evaluate(self) -> None:
@@ -583,6 +592,11 @@ def clip_gradients(model: torch.nn.Module, o: OptimConfig) -> torch.Tensor:
     factors = [torch.clamp(o.clip_grad / (n + 1e-6), max=1.0) for n in norms]
     torch._foreach_mul_(grads, factors)
     return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def _compile_applies(cuda: bool) -> bool:
+    """train.compile takes effect on CUDA only (on the CPU compiling costs more than it saves)."""
+    return cuda
 
 
 def _device_name(dev: torch.device) -> str:

@@ -52,3 +52,17 @@ def test_run_py_lightly_anchor_runs_at_smoke_size():
                               n_images=64, data=None, cache_dir=None)
     res = bench_lightly(args, make_data(args))
     assert res["images_per_s"] > 0 and res["timed_steps"] == 2 and res["warmup_steps"] == 1
+
+
+def test_cifar_accuracy_reports_the_untrained_backbone_floor(tmp_path) -> None:
+    """The accuracy table's first row: the same kNN on a randomly initialised backbone, the floor a
+    trained method must clear (on CIFAR-10 a random ResNet-18 already reaches about 0.36)."""
+    import json
+
+    from bench.cifar_accuracy import main
+
+    assert main(["--small", "--baseline-only", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "cifar10-accuracy-cpu-smoke-baseline.json").read_text())
+    (row,) = res["rows"]
+    assert row["method"].startswith("untrained") and row["status"] == "completed" and row["epochs"] == 0
+    assert 0.0 < row["knn_top1"] < 1.0

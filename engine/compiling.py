@@ -1,0 +1,101 @@
+"""torch.compile for a method's modules, with a fall-back to eager when the compiler fails.
+
+``torch.compile`` compiles lazily, at a module's first call (and again at the first call in
+another mode: evaluation under ``no_grad``, a new crop size), so a compiler failure surfaces
+in the middle of a training step, an evaluation or a probe. A compiler bug must not end a
+run: measured on an H200 (torch 2.11.0+cu130, its Triton), inductor failed to build the
+cross-entropy kernel of SimCLR's loss ("operand #1 does not dominate this use"). The trainer
+wraps those calls in :meth:`Compiled.guard`: on an error raised by dynamo / inductor / Triton
+it switches every module back to eager (``nn.Module.compile``'s ``_compiled_call_impl``
+cleared), reports why once, and repeats the call eagerly. Errors of the model itself
+(shapes, out of memory) are not compiler errors and pass through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import torch
+from torch import nn
+
+T = TypeVar("T")
+
+# compile modes torch.compile accepts (``train.compile_mode``)
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+BACKEND: Any = "inductor"  # a test seam: tests put a backend that fails here
+_COMPILER_MODULES = ("torch._dynamo", "torch._inductor", "torch._functorch", "triton")
+
+
+def is_compiler_error(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it was raised from) comes from the compiler stack."""
+    seen = 0
+    while e is not None and seen < 8:
+        mod = type(e).__module__ or ""
+        if mod.startswith(_COMPILER_MODULES):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
+def _summary(e: BaseException, limit: int = 300) -> str:
+    """The informative part of a compiler error: its text, or its root cause's where it only
+    says which backend raised (dynamo's wrapper)."""
+    root = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    for err in (e, root) if root is not e else (e,):
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        lines = [ln for ln in lines if not ln.endswith("raised:") and not ln.startswith("Set TORCH")]
+        if lines:
+            text = " ".join(lines[:2])
+            break
+    else:
+        text = type(root).__name__
+    if root is not e and type(root).__name__ not in text:
+        text = f"{type(root).__name__}: {text}"
+    return text[:limit]
+
+
+class Compiled:
+    """The modules compiled for a run, and the way back to eager."""
+
+    def __init__(self, modules: list[nn.Module], mode: str = "default") -> None:
+        if mode not in MODES:
+            raise ValueError(f"compile mode {mode!r}: one of {', '.join(MODES)}")
+        self.modules = list(modules)
+        self.mode = mode
+        self.active = False
+        self.failure: str | None = None
+
+    def compile(self) -> None:
+        kwargs = {"backend": BACKEND}
+        if BACKEND == "inductor":
+            kwargs["mode"] = self.mode
+        for m in self.modules:
+            m.compile(**kwargs)
+        self.active = bool(self.modules)
+
+    def to_eager(self, reason: BaseException) -> str:
+        """Every module back to its eager forward; returns the message for the run's log."""
+        for m in self.modules:
+            m._compiled_call_impl = None  # what nn.Module.compile() set
+        self.active = False
+        torch._dynamo.reset()
+        self.failure = f"{type(reason).__name__}: {_summary(reason)}"
+        return (f"torch.compile failed ({self.failure}); the run goes on eagerly (train.compile is "
+                "ignored from here; the step was repeated uncompiled)")
+
+    def guard(self, fn: Callable[[], T], on_fallback: Callable[[str], None]) -> T:
+        """``fn()``; if it fails inside the compiler while compiled, back to eager and ``fn()`` again."""
+        if not self.active:
+            return fn()
+        if self.mode in ("reduce-overhead", "max-autotune"):  # CUDA graphs: a new step; earlier outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - only compiler errors are handled; the rest re-raised
+            if not is_compiler_error(e):
+                raise
+            on_fallback(self.to_eager(e))
+            return fn()

@@ -1,0 +1,106 @@
+"""train.compile: compiled modules, and the fall-back to eager when the compiler fails (a
+Triton bug broke SimCLR's compiled loss on an H200 with torch 2.11; the run must go on)."""
+
+import pytest
+import torch
+from torch import nn
+
+import engine.compiling as compiling
+import engine.trainer as trainer_mod
+from engine import events as ev
+from engine.compiling import Compiled, is_compiler_error
+from engine.config import validate_config
+from engine.trainer import Trainer
+from helpers import with_
+from test_cli import _tiny
+
+
+def _broken_backend(gm, example_inputs):
+    raise RuntimeError("planted compiler failure")
+
+
+def test_a_failing_backend_is_a_compiler_error_and_others_are_not():
+    m = nn.Linear(3, 2)
+    m.compile(backend=_broken_backend)
+    with pytest.raises(Exception) as info:
+        m(torch.randn(4, 3))
+    assert is_compiler_error(info.value)
+    assert not is_compiler_error(ValueError("shape mismatch"))
+    assert not is_compiler_error(torch.OutOfMemoryError("CUDA out of memory"))
+
+
+def test_guard_falls_back_once_and_lets_model_errors_through():
+    m = nn.Linear(3, 2)
+    monkey = Compiled([m])
+    compiling_backend = compiling.BACKEND
+    try:
+        compiling.BACKEND = _broken_backend
+        monkey.compile()
+    finally:
+        compiling.BACKEND = compiling_backend
+    messages = []
+    y = monkey.guard(lambda: m(torch.randn(4, 3)), messages.append)  # fails compiled, runs eagerly
+    assert y.shape == (4, 2) and not monkey.active and m._compiled_call_impl is None
+    assert len(messages) == 1 and "planted compiler failure" in messages[0]
+    # once eager, a model error is the model's: raised as it is, no second fall-back message
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied|mat1 and mat2"):
+        monkey.guard(lambda: m(torch.randn(4, 5)), messages.append)
+    assert len(messages) == 1
+    with pytest.raises(ValueError, match="compile mode"):
+        Compiled([m], mode="fastest")
+
+
+def test_a_model_error_while_compiled_is_not_swallowed():
+    c = Compiled([nn.Linear(2, 2)])
+    c.active = True
+
+    def bad():
+        raise ValueError("not the compiler")
+
+    with pytest.raises(ValueError, match="not the compiler"):
+        c.guard(bad, lambda msg: None)
+    assert c.active  # still compiled: only compiler failures switch to eager
+
+
+def _run(tmp_path, monkeypatch, backend, **dotted):
+    monkeypatch.setattr(compiling, "BACKEND", backend)
+    monkeypatch.setattr(trainer_mod, "_compile_applies", lambda cuda: True)  # (CUDA only in real runs)
+    seen = []
+    cfg = validate_config(with_(_tiny(), **{"train.steps": 3, "train.compile": True, **dotted}))
+    tr = Trainer(cfg, tmp_path / "r", listeners=(seen.append,))
+    return tr, tr.run(), seen
+
+
+def test_a_run_whose_compiler_fails_goes_on_eagerly(tmp_path, monkeypatch):
+    tr, fin, seen = _run(tmp_path, monkeypatch, _broken_backend)
+    assert fin.status == "completed" and fin.step == 3
+    warnings = [e.message for e in seen if isinstance(e, ev.RunWarning)]
+    assert sum("torch.compile failed" in w for w in warnings) == 1, warnings
+    assert "planted compiler failure" in warnings[0]
+    losses = [e.loss for e in seen if isinstance(e, ev.StepMetrics)]
+    assert [e.step for e in seen if isinstance(e, ev.StepMetrics)] == [1, 2, 3]  # the failed step was repeated
+    assert all(torch.isfinite(torch.tensor(x)) for x in losses)
+    assert all(m._compiled_call_impl is None for m in tr.method.children())
+    assert fin.knn_top1 is not None  # the final evaluation ran eagerly
+
+
+def test_a_compiled_run_trains_and_exports_plain_weights(tmp_path, monkeypatch):
+    # dynamo traces the method's modules for real ("eager" backend: no C++ / Triton build on the CPU)
+    tr, fin, seen = _run(tmp_path, monkeypatch, "eager")
+    assert fin.status == "completed"
+    assert not [e for e in seen if isinstance(e, ev.RunWarning) and "compile" in e.message]
+    assert tr.compiled.active
+    ckpt = torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)
+    keys = list(ckpt["model"])
+    assert keys and not any("_orig_mod" in k for k in keys)
+
+
+def test_compile_mode_is_validated_and_shown_only_with_compile():
+    from engine.config import config_errors
+
+    assert config_errors(with_(_tiny(), **{"train.compile_mode": "fastest"}))
+    cfg = validate_config(with_(_tiny(), **{"train.compile": True, "train.compile_mode": "reduce-overhead"}))
+    assert cfg.train.compile_mode == "reduce-overhead"
+    schema = cfg.model_json_schema()
+    train = schema["$defs"]["TrainConfig"]["properties"]["compile_mode"]
+    assert train["applies_when"] == {"train.compile": ["true"]}
