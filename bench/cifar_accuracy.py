@@ -44,8 +44,37 @@ LIGHTLY_200_EPOCHS = {"simclr": 0.848, "moco_v2": 0.847, "byol": 0.868, "dino": 
                       "simsiam": 0.764, "barlow_twins": 0.819, "swav": 0.842}
 
 
+# lightly's CIFAR-10 benchmark recipe (docs/source/getting_started/benchmarks/cifar10_benchmark.py):
+# every method with SGD lr 0.06 x batch / 128, momentum 0.9, weight decay 5e-4 on every parameter,
+# cosine to 0 over the run, no warm-up, and the benchmark's heads. `--recipe lightly` trains
+# ours with it, so that a short run can tell a method's own (paper / solo-learn) recipe, tuned for
+# 200-1000 epochs with long warm-ups, from the method itself.
+LIGHTLY_RECIPE_PARAMS = {
+    "simclr": {"temperature": 0.5, "proj_layers": 2, "proj_hidden": 512, "proj_out": 128},
+    "moco_v2": {"temperature": 0.1, "queue_size": 8192, "momentum": 0.99, "proj_layers": 2, "proj_hidden": 512,
+                "proj_out": 128, "symmetric": True},
+    "byol": {"proj_hidden": 1024, "proj_out": 256, "pred_hidden": 1024, "momentum": 0.99,
+             "momentum_schedule": "constant"},
+    "dino": {"out_dim": 2048, "hidden_dim": 2048, "bottleneck_dim": 256, "head_layers": 2, "head_bn": True,
+             "warmup_teacher_temp": 0.04, "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 0,
+             "momentum_teacher": 0.99, "momentum_schedule": "constant", "freeze_last_layer": 0},
+}
+
+
+def lightly_recipe(cfg: dict, method: str, batch_size: int) -> dict:
+    """``cfg`` (a ``_cifar`` preset) with lightly's benchmark optimiser, schedule and heads."""
+    cfg["optim"] = {"optimizer": "sgd", "lr": 0.06 * batch_size / 128, "scale_lr": False, "momentum": 0.9,
+                    "weight_decay": 5e-4, "exclude_bias_norm": False, "warmup_epochs": 0.0, "min_lr": 0.0}
+    cfg.setdefault("params", {}).update(LIGHTLY_RECIPE_PARAMS.get(method, {}))
+    if method == "dino":  # two 32 px global crops, no local crops
+        cfg.setdefault("aug", {})["local_crops"] = {"count": 0}
+    return cfg
+
+
 def method_config(method: str, args, source: str) -> dict:
     cfg = load_preset(f"{method}_cifar")
+    if getattr(args, "recipe", "preset") == "lightly":
+        cfg = lightly_recipe(cfg, method, args.batch_size)
     scale = args.epochs / float(cfg.get("train", {}).get("epochs") or args.epochs)
     cfg["model"] = {"arch": "resnet18", "cifar_stem": True}
     optim = cfg.setdefault("optim", {})
@@ -64,7 +93,8 @@ def method_config(method: str, args, source: str) -> dict:
 
 
 def run_method(method: str, args, source: str) -> dict:
-    row: dict = {"method": method, "epochs": args.epochs, "lightly_200_epochs": LIGHTLY_200_EPOCHS.get(method)}
+    row: dict = {"method": method, "recipe": getattr(args, "recipe", "preset"), "epochs": args.epochs,
+                 "lightly_200_epochs": LIGHTLY_200_EPOCHS.get(method)}
     seen: list[ev.Event] = []
     try:
         cfg = validate_config(method_config(method, args, source))
@@ -126,7 +156,8 @@ def markdown(result: dict) -> str:
         knn = f"{r['knn_top1']:.3f}" if r.get("knn_top1") is not None else r.get("error", "-")
         ref = f"{r['lightly_200_epochs']:.3f}" if r.get("lightly_200_epochs") else "-"
         wall = f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "-"
-        lines.append(f"| {r['method']} | {r['epochs']} | {knn} | {ref} | {wall} | {result['device']} |")
+        name = r["method"] + (" (lightly's recipe)" if r.get("recipe") == "lightly" else "")
+        lines.append(f"| {name} | {r['epochs']} | {knn} | {ref} | {wall} | {result['device']} |")
     return "\n".join(lines)
 
 
@@ -141,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--time-limit", type=float, help="seconds per method (the run stops and is evaluated)")
     p.add_argument("--small", action="store_true", help="CPU smoke run on shapes")
+    p.add_argument("--recipe", default="preset", choices=["preset", "lightly"],
+                   help="preset: each method's own _cifar preset; lightly: lightly's benchmark recipe (SGD, "
+                        "lr 0.06 x B/128, no warm-up, its heads), the same for every method")
     p.add_argument("--no-baseline", action="store_true", help="skip the untrained-backbone kNN row")
     p.add_argument("--baseline-only", action="store_true",
                    help="only the untrained-backbone kNN row (runs on the CPU too, with --data)")
@@ -156,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"no CIFAR preset / reference for: {', '.join(unknown)}")
     source = "shapes" if args.small else args.data
-    result = {"benchmark": "cifar10_knn_resnet18_cifarstem", "device": device_name(torch.device("cuda" if cuda else "cpu")),
+    result = {"benchmark": "cifar10_knn_resnet18_cifarstem", "recipe": args.recipe, "device": device_name(torch.device("cuda" if cuda else "cpu")),
               "torch": torch.__version__, "batch_size": args.batch_size, "data": source, "rows": []}
     out = Path(args.out)
     tag = "cpu-smoke" if args.small else ("cuda" if cuda else "cpu")
-    path = out / f"cifar10-accuracy-{tag}{'-baseline' if args.baseline_only else ''}.json"
+    recipe = "" if args.recipe == "preset" else f"-{args.recipe}-recipe"
+    path = out / f"cifar10-accuracy-{tag}{recipe}{'-baseline' if args.baseline_only else ''}.json"
     methods = [] if args.baseline_only else list(args.methods)
     if not args.no_baseline or args.baseline_only:
         row = untrained_row(args, source)

@@ -11,6 +11,8 @@
 #     studio    MIM CUDA smoke, then throughput with the studio attached vs headless (issue 3 pt 10), ~3 min;
 #               needs .qt (bash bench/qt_bundle.sh builds it)
 #     accuracy  CIFAR-10 kNN, $EPOCHS (20) epochs each, SimCLR / MoCo v2 / BYOL / DINO (issue 4 pt 8), ~8 min
+#     accuracy-recipes  the same for EPOCHS (10) with each preset's recipe and with lightly's benchmark
+#               recipe (SGD, no warm-up: tells a short-run recipe effect from a method problem), ~7 min
 # DEADLINE (seconds from the start, default 580) caps every step's timeout so the call ends inside
 # the device tool's 600 s; a step that would get under 30 s is skipped and says so. With
 # PACK=1 every result file is packed into $OUT/results.tgz (a device call returns 8 files at most).
@@ -22,7 +24,7 @@ FINAL_OUT=$OUT
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-580}
-EPOCHS=${EPOCHS:-20}
+EPOCHS=${EPOCHS:-}  # empty: each accuracy part its own default
 # cap NATURAL: prints the timeout for a step (its natural length, or what is left), 0 if too little is left
 cap() { local left=$((DEADLINE - SECONDS - 5)); [ "$left" -lt 30 ] && { echo 0; return; }; [ "$1" -lt "$left" ] && echo "$1" || echo "$left"; }
 step() { local t; t=$(cap "$1"); shift
@@ -78,9 +80,14 @@ studio)
   # SimCLR B 512 on 32 px shapes: headless, in the real main window (offscreen), headless again
   step 300 env QT_QPA_PLATFORM=offscreen python3 bench/studio_throughput.py --steps 400 --warmup 80 --out "$OUT" ;;
 accuracy)
-  step 540 python3 bench/cifar_accuracy.py --data /tmp/data/cifar10 --cache-dir /tmp/cache --epochs "$EPOCHS" \
+  step 540 python3 bench/cifar_accuracy.py --data /tmp/data/cifar10 --cache-dir /tmp/cache --epochs "${EPOCHS:-20}" \
     --time-limit 120 --out "$OUT" ;;
-*) echo "unknown part: $PART (simclr, compiled, methods, vit-compiled, studio, accuracy)"; exit 2 ;;
+accuracy-recipes)
+  for R in preset lightly; do
+    step 300 python3 bench/cifar_accuracy.py --data /tmp/data/cifar10 --cache-dir /tmp/cache --epochs "${EPOCHS:-10}" \
+      --recipe $R $([ $R = lightly ] && echo --no-baseline) --time-limit 60 --out "$OUT"
+  done ;;
+*) echo "unknown part: $PART (simclr, compiled, methods, vit-compiled, studio, accuracy, accuracy-recipes)"; exit 2 ;;
 esac
 done
 if [ "${PACK:-0}" = 1 ]; then tar -czf "$FINAL_OUT/results.tgz" -C "$OUT" . && ls -la "$OUT"; fi

@@ -23,6 +23,7 @@ T = TypeVar("T")
 # compile modes torch.compile accepts (``train.compile_mode``)
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BACKEND: Any = "inductor"  # a test seam: tests put a backend that fails here
+RECOMPILE_LIMIT = 64
 _COMPILER_MODULES = ("torch._dynamo", "torch._inductor", "torch._functorch", "triton")
 
 
@@ -69,6 +70,13 @@ class Compiled:
         self.failure: str | None = None
 
     def compile(self) -> None:
+        # A student and its EMA teacher share their modules' code, called with and without
+        # gradients, at several crop sizes, and in eval mode: more than dynamo's default of 8
+        # compiled variants of one function, after which it would silently run eagerly.
+        conf = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit"):
+            if self.modules and hasattr(conf, name):
+                setattr(conf, name, max(int(getattr(conf, name)), RECOMPILE_LIMIT))
         kwargs = {"backend": BACKEND}
         if BACKEND == "inductor":
             kwargs["mode"] = self.mode

@@ -27,6 +27,23 @@ def test_cifar_accuracy_configs_are_valid_resnet18_cifar_stem(method: str, tmp_p
     assert cfg.optim.warmup_epochs <= 2.0
 
 
+@pytest.mark.parametrize("method", sorted(LIGHTLY_200_EPOCHS))
+def test_cifar_accuracy_lightly_recipe_is_lightlys_benchmark_optimiser(method: str, tmp_path) -> None:
+    args = argparse.Namespace(epochs=10, batch_size=512, device="cuda", cache_dir=str(tmp_path), compile=False,
+                              time_limit=None, small=False, recipe="lightly")
+    cfg = validate_config(method_config(method, args, "/data/cifar10.tar.gz"))
+    o = cfg.optim
+    assert (o.optimizer, o.lr, o.weight_decay, o.warmup_epochs, o.exclude_bias_norm) == ("sgd", 0.24, 5e-4, 0.0, False)
+    assert cfg.model.arch == "resnet18" and cfg.model.cifar_stem is True
+    if method == "byol":
+        assert (cfg.params["proj_hidden"], cfg.params["pred_hidden"], cfg.params["momentum"]) == (1024, 1024, 0.99)
+    if method == "dino":
+        assert cfg.aug.local_crops.count == 0 and cfg.params["head_layers"] == 2 and cfg.params["out_dim"] == 2048
+    from engine.preflight import preflight
+
+    preflight(cfg, 32)  # the method accepts the recipe (its own checks, on the meta device)
+
+
 def test_markdown_table_names_epochs_device_and_reference() -> None:
     table = markdown({"device": "NVIDIA H100", "rows": [
         {"method": "simclr", "epochs": 20, "knn_top1": 0.7012, "lightly_200_epochs": 0.848, "wall_s": 90.0},
