@@ -8,6 +8,8 @@
 #     methods   per-method benches vs lightly (issues 4 pt 7, 5 pt 8), ~5 min
 #     vit-compiled  DINO, MAE, SimMIM benches with torch.compile (default mode, then reduce-overhead:
 #               CUDA graphs) against eager lightly (issues 4 pt 7, 5 pt 8: eager ours was 1.0x / 0.9x), ~6 min
+#     profile   where a DINO / MAE / SimMIM step's time goes (kernels per step, GPU busy vs wall, top ops by
+#               phase: augmentation, forward, optimiser, after-step), eager then compiled, ~3 min
 #     studio    MIM CUDA smoke, then throughput with the studio attached vs headless (issue 3 pt 10), ~3 min;
 #               needs .qt (bash bench/qt_bundle.sh builds it)
 #     accuracy  CIFAR-10 kNN, $EPOCHS (20) epochs each, SimCLR / MoCo v2 / BYOL / DINO (issue 4 pt 8), ~8 min
@@ -57,6 +59,9 @@ vit-compiled)
     T=$(cap 330); [ "$T" != 0 ] && step "$T" python3 bench/methods.py --out "$OUT" --compile --compile-mode $MODE \
       --only mae_vitb16 simmim_vitb16 dino_vits16 --warmup 25 --steps 40 --bench-timeout 150 --budget-s $((T - 10))
   done ;;
+profile)
+  step 150 python3 bench/profile_step.py --out "$OUT"
+  step 300 python3 bench/profile_step.py --compile --out "$OUT/compiled" ;;
 studio)
   # The device image has no Qt: .qt holds a trimmed PySide6 + pyqtgraph and Debian 12 .debs of the
   # system libraries Qt loads; only libraries the machine lacks are linked in.
@@ -87,7 +92,7 @@ accuracy-recipes)
     step 300 python3 bench/cifar_accuracy.py --data /tmp/data/cifar10 --cache-dir /tmp/cache --epochs "${EPOCHS:-10}" \
       --recipe $R $([ $R = lightly ] && echo --no-baseline) --time-limit 60 --out "$OUT"
   done ;;
-*) echo "unknown part: $PART (simclr, compiled, methods, vit-compiled, studio, accuracy, accuracy-recipes)"; exit 2 ;;
+*) echo "unknown part: $PART (simclr, compiled, methods, vit-compiled, profile, studio, accuracy, accuracy-recipes)"; exit 2 ;;
 esac
 done
 if [ "${PACK:-0}" = 1 ]; then tar -czf "$FINAL_OUT/results.tgz" -C "$OUT" . && ls -la "$OUT"; fi

@@ -149,3 +149,19 @@ def test_main_keeps_going_after_a_failing_benchmark(bm, tmp_path, monkeypatch):
     assert rc == 1
     assert "broken" in json.loads((tmp_path / "mae_vitb16-cpu.json").read_text())["error"]
     assert json.loads((tmp_path / "simmim_vitb16-cpu.json").read_text())["model_only"]["images_per_s"] > 0
+
+
+def test_profile_step_splits_a_real_trainer_step_into_phases(tmp_path):
+    """bench/profile_step.py: the phases of the engine's own step, profiled (CPU smoke here; on
+    CUDA it adds kernel counts and GPU busy time, the numbers that say launch- or GPU-bound)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.profile_step import PHASES, main
+
+    assert main(["--device", "cpu", "--only", "dino_vits16", "--steps", "2", "--warmup", "2",
+                 "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "profile-dino_vits16-cpu.json").read_text())
+    assert res["profiled_steps"] == 2 and res["wall_ms_per_step"] > 0
+    assert set(res["phases_ms_per_step"]) == set(PHASES)
+    assert all(v["cpu"] > 0 for v in res["phases_ms_per_step"].values())
+    names = [r["name"] for r in res["top_by_cpu_self"]]
+    assert names and not set(names) & set(PHASES)

@@ -45,5 +45,6 @@ def ema_update(teacher: nn.Module, student: nn.Module, m: float) -> None:
     tp = [p for p in teacher.parameters()]
     sp = [p.detach() for p in student.parameters()]
     torch._foreach_lerp_(tp, sp, 1.0 - m)
-    for tb, sb in zip(teacher.buffers(), student.buffers()):
-        tb.copy_(sb)
+    tb, sb = list(teacher.buffers()), list(student.buffers())
+    if tb:
+        torch._foreach_copy_(tb, sb)  # one multi-tensor kernel on CUDA, not one copy per BN buffer
