@@ -103,7 +103,29 @@ def test_training_step_crops_jointly() -> None:
     inputs, _ = m.prepare(images, extras)
     a = m.cfg.aug
     rgb01 = inputs["rgb"] * torch.tensor(a.std).view(1, 3, 1, 1) + torch.tensor(a.mean).view(1, 3, 1, 1)
-    assert _agreement(rgb01, None, inputs["seg"], pal)[0] > 0.9
+    st = m.p.seg_stride  # the map is at 1/st resolution (4: the paper's): compare at its cells' centres
+    assert inputs["seg"].shape == (4, 32 // st, 32 // st) and inputs["rgb"].shape == (4, 3, 32, 32)
+    assert _agreement(rgb01[..., st // 2::st, st // 2::st], None, inputs["seg"], pal)[0] > 0.85
+
+
+def test_segmentation_runs_at_a_quarter_of_the_resolution_as_the_paper() -> None:
+    """The official stride_level 4: a 1/4-resolution class map, patches of patch_size / 4, and a
+    decoder that predicts that map; seg_stride 1 gives the full-resolution variant."""
+    m = build()  # 8 px patches at 32 px: 4 x 4 tokens, the map 8 x 8 in 2 x 2 patches
+    assert m.p.seg_stride == 4 and m.seg_patch == 2 and m.seg_proj.kernel_size == (2, 2)
+    seg = torch.randint(0, m.p.seg_classes, (2, 8, 8))
+    assert m.seg_tokens(seg).shape == (2, 16, m.backbone.out_dim)
+    assert m.decoders["seg"].out.out_features == 2 * 2 * m.p.seg_classes
+    cross = m.predict_from_rgb(torch.randn(2, 3, 32, 32))
+    assert cross["seg"].shape == (2, m.p.seg_classes, 8, 8) and cross["depth"].shape == (2, 1, 32, 32)
+    full = build({"seg_stride": 1})
+    assert full.seg_patch == 8 and full.decoders["seg"].out.out_features == 64 * full.p.seg_classes
+    with pytest.raises(ConfigError, match="seg_stride 3 must divide the patch size 8"):
+        build({"seg_stride": 3})
+    # weights of a full-resolution run (the default before) say how to load them
+    with pytest.raises(RuntimeError, match=r"params.seg_stride 1 .* set params.seg_stride=1"):
+        m.load_state_dict(full.state_dict())
+    full.load_state_dict(build({"seg_stride": 1}).state_dict())  # the same stride loads
 
 
 def test_depth_standardisation() -> None:
@@ -138,21 +160,22 @@ def test_dirichlet_budget_is_what_the_encoder_sees() -> None:
 def test_losses_match_explicit_formulas() -> None:
     m = build()
     p, C = 8, m.p.seg_classes
+    sp = m.seg_patch  # the segmentation map is at 1/4 resolution: 8 x 8, patches of 2
     g = torch.Generator().manual_seed(4)
     B = 3
     rgb = torch.randn(B, 3, 32, 32, generator=g)
     depth = torch.randn(B, 1, 32, 32, generator=g)
-    seg = torch.randint(0, C, (B, 32, 32), generator=g)
+    seg = torch.randint(0, C, (B, 4 * sp, 4 * sp), generator=g)
     preds = {"rgb": torch.randn(B, 16, p * p * 3, generator=g), "depth": torch.randn(B, 16, p * p, generator=g),
-             "seg": torch.randn(B, 16, p * p * C, generator=g)}
+             "seg": torch.randn(B, 16, sp * sp * C, generator=g)}
     mask = torch.rand(B, 16, generator=g) < 0.5
     mask[2] = False  # an image with nothing masked in this modality does not count
 
-    def patch(img, l):  # pixels of patch l: [C, p, p]
+    def patch(img, l, p=p):  # pixels of patch l: [C, p, p]
         r, c = divmod(l, 4)
         return img[:, r * p:(r + 1) * p, c * p:(c + 1) * p]
 
-    def pred_patch(v, ch):  # a prediction row, laid out (p, p, C) -> [C, p, p]
+    def pred_patch(v, ch, p=p):  # a prediction row, laid out (p, p, C) -> [C, p, p]
         return v.reshape(p, p, ch).permute(2, 0, 1)
 
     def expected(fn) -> float:
@@ -172,8 +195,8 @@ def test_losses_match_explicit_formulas() -> None:
         return (pred_patch(preds["depth"][b, l], 1) - patch(depth[b], l)).abs().mean()
 
     def seg_term(b, l):
-        logits = pred_patch(preds["seg"][b, l], C).reshape(C, -1).t()  # [p p, C]
-        return F.cross_entropy(logits, patch(seg[b][None], l).reshape(-1))
+        logits = pred_patch(preds["seg"][b, l], C, sp).reshape(C, -1).t()  # [sp sp, C]
+        return F.cross_entropy(logits, patch(seg[b][None], l, sp).reshape(-1))
 
     for name, target, fn in (("rgb", rgb, rgb_term), ("depth", depth, depth_term), ("seg", seg, seg_term)):
         got = masked_mean(m.per_token_loss(name, preds[name], target), mask)
@@ -263,7 +286,7 @@ def test_cross_modal_prediction_and_probes() -> None:
     lengths = first_block_lengths(m)
     x = torch.randn(2, 3, 32, 32)
     cross = m.predict_from_rgb(x)
-    assert cross["depth"].shape == (2, 1, 32, 32) and cross["seg"].shape == (2, m.p.seg_classes, 32, 32)
+    assert cross["depth"].shape == (2, 1, 32, 32) and cross["seg"].shape == (2, m.p.seg_classes, 8, 8)
     assert lengths == [16 + 1]  # all 16 RGB tokens, no depth / seg tokens, + global
     m.training_step(shapes_batch(10), 0)  # the probes' images come from the first batch
     m.eval()
@@ -369,7 +392,7 @@ def test_multimae_decoder_queries_and_context() -> None:
     B, L, V = 2, m.num_patches, m.num_visible()
     g = torch.Generator().manual_seed(3)
     inputs = {"rgb": torch.randn(B, 3, 32, 32, generator=g), "depth": torch.randn(B, 1, 32, 32, generator=g),
-              "seg": torch.randint(0, m.p.seg_classes, (B, 32, 32), generator=g)}
+              "seg": torch.randint(0, m.p.seg_classes, (B, 8, 8), generator=g)}  # (1/4 resolution)
     masks = m.sample_masks(B, "cpu", generator=g)
     seen = {}
     for name, dec in m.decoders.items():

@@ -32,8 +32,9 @@ Paper / official-code defaults kept here:
                      the official init (Xavier-uniform, Q / K / V apart); the ViT's final norm stays
                      on the decoders' path (the official encoder has none: see ``run_encoder``)
     adapters         linear patch projections; segmentation: class embedding 64 wide, then a patch
-                     projection (the paper's segmentation runs at 1/4 resolution with 4 px patches;
-                     here it runs at full resolution with the ViT's patch size)
+                     projection, at 1/4 resolution with 4 px patches (the official ``stride_level``
+                     4: a 56 x 56 map at 224 px, one 4 x 4 patch per token; ``seg_stride``), and
+                     the segmentation decoder predicts that 1/4-resolution map
     decoders         256 wide, 8 heads, one cross-attention + MLP, then 2 self-attention blocks;
                      queries = own encoded tokens + mask tokens, + positions + modality embedding
     losses           RGB: MSE on per-patch normalised pixels (norm_pix; the official code also adds
@@ -110,6 +111,10 @@ class MultiMAEParams(Params):
         15, ge=2, le=1024,
         description="Segmentation classes including background (shapes: 15 covers all; COCO: 133).")
     seg_embed_dim: int = Field(64, ge=4, le=1024, description="Segmentation class-embedding width (64).")
+    seg_stride: int = Field(
+        4, ge=1, le=16,
+        description="Segmentation maps at 1/seg_stride of the image side, patches of patch_size / seg_stride "
+        "(4 in the paper: 56 x 56 maps, 4 x 4 patches at 224 px; 1: full resolution); must divide patch_size.")
     embed_pool: Literal["cls", "mean"] = Field(
         "cls", description="kNN / evaluation feature: the encoder's global token, or the mean of its patch tokens.")
 
@@ -169,12 +174,13 @@ def crop_thetas(n: int, h: int, w: int, scale: tuple[float, float], ratio: tuple
 
 
 def joint_crop(theta: torch.Tensor, size: int, rgb: torch.Tensor, depth: torch.Tensor | None = None,
-               seg: torch.Tensor | None = None):
+               seg: torch.Tensor | None = None, seg_size: int | None = None):
     """Apply the same crop + flip to every modality.
 
     theta [B, 2, 3]; rgb float [B, 3, H, W]; depth float [B, 1, H, W]; seg long [B, H, W].
-    Returns (rgb [B, 3, s, s], depth [B, 1, s, s] or None, seg long [B, s, s] or None):
-    bilinear for rgb and depth, nearest for seg, borders replicated.
+    Returns (rgb [B, 3, s, s], depth [B, 1, s, s] or None, seg long [B, s', s'] or None) with
+    s' = ``seg_size`` (default s): bilinear for rgb and depth, nearest for seg (at the centres of
+    its own, coarser cells), borders replicated.
     """
     grid = F.affine_grid(theta.float(), [theta.shape[0], 1, size, size], align_corners=False)  # [B, s, s, 2]
     out_rgb = F.grid_sample(rgb, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -182,6 +188,8 @@ def joint_crop(theta: torch.Tensor, size: int, rgb: torch.Tensor, depth: torch.T
                                                           align_corners=False)
     out_seg = None
     if seg is not None:
+        if seg_size is not None and seg_size != size:
+            grid = F.affine_grid(theta.float(), [theta.shape[0], 1, seg_size, seg_size], align_corners=False)
         s = F.grid_sample(seg[:, None].float(), grid, mode="nearest", padding_mode="border", align_corners=False)
         out_seg = s[:, 0].round().long()
     return out_rgb, out_depth, out_seg
@@ -337,11 +345,16 @@ class MultiMAE(Method):
         # --- input adapters for the other modalities
         if "depth" in self.modalities:
             self.depth_proj = nn.Conv2d(1, D, ps, stride=ps)
+        # segmentation at 1/seg_stride resolution (the official stride_level 4): patches of ps / seg_stride
+        if ps % p.seg_stride:
+            raise ConfigError(f"params.seg_stride {p.seg_stride} must divide the patch size {ps} (the "
+                              f"segmentation map is patched at {ps} / {p.seg_stride} pixels)")
+        self.seg_patch = sp = ps // p.seg_stride
         if "seg" in self.modalities:
             self.seg_embed = nn.Embedding(p.seg_classes, p.seg_embed_dim)
-            self.seg_proj = nn.Conv2d(p.seg_embed_dim, D, ps, stride=ps)
+            self.seg_proj = nn.Conv2d(p.seg_embed_dim, D, sp, stride=sp)
         # --- one decoder per modality
-        out_dims = {"rgb": ps * ps * 3, "depth": ps * ps, "seg": ps * ps * p.seg_classes}
+        out_dims = {"rgb": ps * ps * 3, "depth": ps * ps, "seg": sp * sp * p.seg_classes}
         dpos = sincos_2d(*self.grid, p.dec_dim)
         self.decoders = nn.ModuleDict({
             m: ModalityDecoder(D, p.dec_dim, p.dec_depth, p.dec_heads, out_dims[m], self.modalities, dpos)
@@ -349,6 +362,17 @@ class MultiMAE(Method):
         self._probe_set: dict[str, torch.Tensor] | None = None
         self._seg_checked = False
         self._initialize_weights()
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's, with the reason spelled out for weights of another ``seg_stride`` (runs
+        from before the paper's 1/4-resolution segmentation trained it at full resolution)."""
+        w = state_dict.get("seg_proj.weight")
+        if w is not None and hasattr(self, "seg_proj") and w.shape[-1] != self.seg_proj.weight.shape[-1]:
+            was = self.patch_size // max(1, int(w.shape[-1]))
+            raise RuntimeError(f"these weights segment at params.seg_stride {was} (1: full resolution, the "
+                               f"default before 2026-11-27), this config at {self.p.seg_stride}: set "
+                               f"params.seg_stride={was} in the run's config.yaml to load them")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _missing_maps(self, missing: list[str], why: str) -> str:
         return (f"MultiMAE with modalities {self.modalities} needs per-image {' and '.join(missing)} maps, "
@@ -390,7 +414,7 @@ class MultiMAE(Method):
 
     def tokens(self, m: str, x: torch.Tensor) -> torch.Tensor:
         """One modality's input adapter: x -> tokens [B, L, D] with positions.
-        rgb: [B, 3, H, W] normalised; depth: [B, 1, H, W]; seg: long [B, H, W]."""
+        rgb: [B, 3, H, W] normalised; depth: [B, 1, H, W]; seg: long [B, H / seg_stride, W / seg_stride]."""
         if m == "rgb":
             t = self.backbone.patch_embed(x)  # [B, gh, gw, D] or [B, L, D]
             t = t.reshape(t.shape[0], -1, t.shape[-1])
@@ -401,7 +425,8 @@ class MultiMAE(Method):
         return t + self.pos_embed.to(t.dtype)
 
     def seg_tokens(self, seg: torch.Tensor) -> torch.Tensor:
-        """Segmentation adapter: class embedding, then patch projection: seg long [B, H, W] -> [B, L, D].
+        """Segmentation adapter: class embedding, then patch projection: seg long [B, h, w] (1/seg_stride
+        of the image side) -> [B, L, D].
 
         Both maps are linear, so with fewer classes than embedding channels the same function
         is one patch convolution of the one-hot classes with the composed weight
@@ -454,7 +479,8 @@ class MultiMAE(Method):
 
     def prepare(self, images: torch.Tensor, extras: dict[str, torch.Tensor], crop: bool = True):
         """uint8 images [B, 3, H, W], extras {'depth' uint8 [B, 1, H, W], 'seg' uint8 [B, H, W]} ->
-        inputs {rgb: normalised [B, 3, s, s], depth: [B, 1, s, s] (standardised), seg: long [B, s, s]}
+        inputs {rgb: normalised [B, 3, s, s], depth: [B, 1, s, s] (standardised),
+        seg: long [B, s / seg_stride, s / seg_stride]}
         and the depth statistics (for display). ``crop``: random crop + flip, else a plain resize."""
         a, s = self.cfg.aug, self.image_size
         B, _, H, W = images.shape
@@ -465,7 +491,7 @@ class MultiMAE(Method):
             theta = crop_thetas(B, H, W, tuple(a.global_crops.scale), tuple(a.ratio), a.hflip_p, images.device)
         else:  # identity transform: a resize of the whole image
             theta = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=images.device).expand(B, 2, 3)
-        rgb, depth, seg = joint_crop(theta, s, rgb, depth, seg)
+        rgb, depth, seg = joint_crop(theta, s, rgb, depth, seg, seg_size=s // self.p.seg_stride)
         mean = torch.tensor(a.mean, device=rgb.device).view(1, 3, 1, 1)
         std = torch.tensor(a.std, device=rgb.device).view(1, 3, 1, 1)
         inputs = {"rgb": (rgb - mean) / std}
@@ -489,11 +515,12 @@ class MultiMAE(Method):
             return (pred.float() - t).pow(2).mean(-1)
         if m == "depth":
             return (pred.float() - patchify(target.float(), ps)).abs().mean(-1)
-        labels = patchify(target[:, None].float(), ps).round().long()  # [B, L, p p]
+        sp = self.seg_patch  # seg: [B, s / stride, s / stride], patches of sp = ps / stride
+        labels = patchify(target[:, None].float(), sp).round().long()  # [B, L, sp sp]
         B, Lp, _ = labels.shape
-        logits = pred.float().reshape(B, Lp, ps * ps, self.p.seg_classes)  # [B, L, p p, C]
-        ce = cross_entropy_rows(logits.reshape(-1, self.p.seg_classes), labels.reshape(-1))  # [B L p p]
-        return ce.reshape(B, Lp, ps * ps).mean(-1)
+        logits = pred.float().reshape(B, Lp, sp * sp, self.p.seg_classes)  # [B, L, sp sp, C]
+        ce = cross_entropy_rows(logits.reshape(-1, self.p.seg_classes), labels.reshape(-1))  # [B L sp sp]
+        return ce.reshape(B, Lp, sp * sp).mean(-1)
 
     def forward(self, inputs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], n_visible: int,
                 outputs: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -540,7 +567,8 @@ class MultiMAE(Method):
     @torch.no_grad()
     def predict_from_rgb(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
         """Cross-modal prediction: every RGB token visible, no depth / seg tokens ->
-        {'depth': [B, 1, s, s] (standardised units if standardize_depth), 'seg': logits [B, C, s, s]}
+        {'depth': [B, 1, s, s] (standardised units if standardize_depth),
+        'seg': logits [B, C, s / seg_stride, s / seg_stride]}
         for the modalities of the run other than rgb."""
         B = rgb.shape[0]
         others = [m for m in self.modalities if m != "rgb"]
@@ -549,7 +577,8 @@ class MultiMAE(Method):
         none = torch.zeros(B, self.num_patches, dtype=torch.bool, device=rgb.device)
         preds = self({"rgb": rgb}, {"rgb": none}, self.num_patches, outputs=others)
         chans = {"depth": 1, "seg": self.p.seg_classes}
-        return {m: unpatchify(preds[m].float(), self.patch_size, self.grid, chans[m]) for m in others}
+        patch = {"depth": self.patch_size, "seg": self.seg_patch}
+        return {m: unpatchify(preds[m].float(), patch[m], self.grid, chans[m]) for m in others}
 
     # ------------------------------------------------------------------ probes
     @torch.no_grad()
@@ -588,8 +617,8 @@ class MultiMAE(Method):
                 imgs["depth_prediction"] = _grey(self._depth01(cross["depth"], stats if "depth" in inputs else {}))
             if "seg" in cross:
                 if "seg" in inputs:
-                    imgs["seg"] = _colour(inputs["seg"], self.p.seg_classes)
-                imgs["seg_prediction"] = _colour(cross["seg"].argmax(1), self.p.seg_classes)
+                    imgs["seg"] = _colour(self._seg_full(inputs["seg"]), self.p.seg_classes)
+                imgs["seg_prediction"] = _colour(self._seg_full(cross["seg"].argmax(1)), self.p.seg_classes)
             out["cross_modal"] = {"images": imgs, "meta": {"inputs": "rgb only, all tokens visible"}}
         return out
 
@@ -634,11 +663,16 @@ class MultiMAE(Method):
         rec8 = _u8(self._depth01(rec, stats)).expand(-1, 3, -1, -1)
         return self._panels(orig8, rec8, mask)
 
+    def _seg_full(self, seg: torch.Tensor) -> torch.Tensor:
+        """Class map [B, s / stride, s / stride] -> [B, s, s] (nearest), to show beside the images."""
+        st = self.p.seg_stride
+        return seg if st == 1 else seg.repeat_interleave(st, dim=-2).repeat_interleave(st, dim=-1)
+
     def _seg_panels(self, seg: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> dict:
-        logits = unpatchify(pred.float(), self.patch_size, self.grid, self.p.seg_classes)  # [B, C, s, s]
+        logits = unpatchify(pred.float(), self.seg_patch, self.grid, self.p.seg_classes)  # [B, C, s/st, s/st]
         pal = seg_palette(self.p.seg_classes, seg.device)  # [C, 3]
-        orig8 = pal[seg].permute(0, 3, 1, 2)  # [B, 3, s, s]
-        rec8 = pal[logits.argmax(1)].permute(0, 3, 1, 2)
+        orig8 = pal[self._seg_full(seg)].permute(0, 3, 1, 2)  # [B, 3, s, s]
+        rec8 = pal[self._seg_full(logits.argmax(1))].permute(0, 3, 1, 2)
         return self._panels(orig8, rec8, mask)
 
     def _panels(self, orig8: torch.Tensor, rec8: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -682,7 +716,8 @@ class MultiMAE(Method):
                       ["aug.global_crops.size", "aug.global_crops.scale", "aug.ratio", "aug.hflip_p"],
                       note="one random-resized crop + flip per image, identical for all modalities"),
                 Block("adapters", "patch projections per modality", "op",
-                      ["params.modalities", "model.patch_size", "params.seg_classes", "params.seg_embed_dim"],
+                      ["params.modalities", "model.patch_size", "params.seg_classes", "params.seg_embed_dim",
+                       "params.seg_stride"],
                       note="rgb / depth: linear patch projection; seg: class embedding, then patch projection; "
                       "shared sin-cos positions"),
                 Block("mask", "Dirichlet token budget", "op", ["params.num_visible", "params.alpha"],
