@@ -207,3 +207,34 @@ def list_runs(parent: str | Path) -> list[RunDir]:
     except OSError:
         return []
     return [r for r, _ in sorted(runs, key=lambda t: t[1], reverse=True)]
+
+
+def config_as_ended(path: str | Path) -> tuple[str, dict[str, tuple[Any, Any]]]:
+    """A run's config.yaml with the settings changed during the run at the values it ended with
+    (run.json's ``live``), as YAML text headed by a comment naming each change (start -> end),
+    and the changes {key: (start, end)}. Without live changes: config.yaml's text, unchanged."""
+    import yaml
+
+    rd = RunDir(Path(path))
+    text = rd.config.read_text()
+    live = rd.read_summary().get("live") or {}
+    if not isinstance(live, dict) or not live:
+        return text, {}
+    raw = yaml.safe_load(text) or {}
+    changes: dict[str, tuple[Any, Any]] = {}
+    for key, end in live.items():
+        cur: Any = raw
+        parts = str(key).split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {}) if isinstance(cur, dict) else None
+        if not isinstance(cur, dict):
+            continue
+        start = cur.get(parts[-1])
+        if start != end:
+            cur[parts[-1]] = end
+            changes[key] = (start, end)
+    if not changes:
+        return text, {}
+    head = [f"# {rd.root.name}: the config it ended with; changed during the run (start -> end):"]
+    head += [f"#   {k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()]
+    return "\n".join(head) + "\n" + yaml.safe_dump(raw, sort_keys=False), changes

@@ -56,7 +56,7 @@ from engine.fileio import atomic_write_text
 from engine.methods import get_method
 from engine.preflight import known_image_size
 from engine.presets import list_presets
-from engine.rundir import RunDir
+from engine.rundir import RunDir, config_as_ended
 
 from . import theme
 from .data_page import DataPage
@@ -710,10 +710,15 @@ class MainWindow(QMainWindow):
             out = self.choose_save_path("Export config", f"{name}.yaml", "YAML (*.yaml)")
             if out:
                 try:
-                    atomic_write_text(out, (Path(run_dir) / "config.yaml").read_text())
-                    self.statusBar().showMessage(f"config written to {out}", 8000)
-                except OSError as e:
-                    self.report_error("Export", str(e))
+                    text, changes = config_as_ended(run_dir)
+                    atomic_write_text(out, text)
+                    ended = f" with the values the run ended with ({', '.join(changes)})" if changes else ""
+                    self.statusBar().showMessage(f"config written to {out}{ended}", 10000)
+                    if changes:
+                        self._log(f"exported {out}: changed during the run, at their last values: "
+                                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+                except Exception as e:  # noqa: BLE001 - a missing or broken config.yaml: reported, not fatal
+                    self.report_error("Export", f"{type(e).__name__}: {e}")
             return
         ext = {"safetensors": ".safetensors"}.get(fmt, ".pth")
         stem = f"{name}-backbone" if fmt == "safetensors" else f"{name}-backbone-{fmt}"  # torchvision != timm keys

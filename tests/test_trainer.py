@@ -122,6 +122,17 @@ def test_live_change_applies_at_next_step_and_is_logged(tmp_path):
     assert lrs[2] == pytest.approx(1e-3 * shape[1]) and lrs[3] == pytest.approx(5e-4 * shape[2])
     logged = [r for r in metrics(tmp_path / "r") if r["event"] == "live_change"]
     assert len(logged) == 2 and "live_change" in (tmp_path / "r" / "events.log").read_text()
+    # exported, the config is the one the run ended with; config.yaml keeps the start values
+    import yaml
+
+    from engine.rundir import config_as_ended
+
+    text, changes = config_as_ended(tmp_path / "r")
+    start = validate_config(yaml.safe_load((tmp_path / "r" / "config.yaml").read_text()))
+    assert changes == {"params.temperature": (start.params["temperature"], 0.2), "optim.lr": (start.optim.lr, 5e-4)}
+    ended = validate_config(yaml.safe_load(text))
+    assert ended.params["temperature"] == 0.2 and ended.optim.lr == 5e-4 and ended.train == start.train
+    assert text.startswith("# r: the config it ended with") and "#   optim.lr: 0.001 -> 0.0005" in text
 
 
 def test_invalid_live_change_is_refused(tmp_path):

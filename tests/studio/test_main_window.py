@@ -424,6 +424,13 @@ def test_short_run_emits_curves_then_reopens_and_resumes(make_window, qtbot, tmp
     win.choose_save_path = lambda *_a: str(tmp_path / "exported" / "run.yaml")
     win.runs_panel.export_requested.emit(run_dir, "config")
     assert validate_config(load_yaml(tmp_path / "exported" / "run.yaml")).train.steps == 6
+    # a setting changed during the run is exported at the value the run ended with
+    summary = json.loads((Path(run_dir) / "run.json").read_text())
+    (Path(run_dir) / "run.json").write_text(json.dumps({**summary, "live": {"optim.lr": 0.25}}))
+    win.runs_panel.export_requested.emit(run_dir, "config")
+    exported = validate_config(load_yaml(tmp_path / "exported" / "run.yaml"))
+    assert exported.optim.lr == 0.25 and exported.train.steps == 6
+    assert "optim.lr" in win.statusBar().currentMessage()
     # a run whose data is gone: the engine's message in a dialog, the window stays usable
     cfg["data"]["source"] = str(tmp_path / "gone")
     (Path(run_dir) / "config.yaml").write_text(RunConfig(**cfg).to_yaml())
