@@ -63,6 +63,7 @@ class _Line:
 
 
 FLAT_REL = 1e-6  # a series varying less than this (relative to its size) is drawn as flat
+TERM_PLOT_HEIGHT = 170  # px: a per-term plot (make_plot's minimum), its grid row reserved at once
 
 
 def _fit_flat(vb: pg.ViewBox | None) -> None:
@@ -148,6 +149,7 @@ class Dashboard(QtWidgets.QWidget):
         # --- training
         train = QtWidgets.QWidget()
         tg = QtWidgets.QGridLayout(train)
+        self._train_layout = tg
         tg.setContentsMargins(4, 4, 4, 4)
         self.loss_plot = self._add_plot("loss", make_plot("Loss (raw + smoothed)", "loss"), curve=True)
         self.loss_plot.setMinimumHeight(240)
@@ -177,7 +179,11 @@ class Dashboard(QtWidgets.QWidget):
         self.terms_grid = QtWidgets.QGridLayout()
         tg.addLayout(self.terms_grid, 4, 0, 1, 3)
         tg.setRowStretch(5, 1)
-        self.tabs.addTab(self._scroll(train), "Training")
+        train_scroll = self._scroll(train)
+        # the scroll bar always shown: appearing when the per-term plots open rows below, it
+        # narrowed every plot of the tab, which then all resized and painted a second time
+        train_scroll.setVerticalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
+        self.tabs.addTab(train_scroll, "Training")
 
         # --- evaluation
         evw = QtWidgets.QWidget()
@@ -295,6 +301,9 @@ class Dashboard(QtWidgets.QWidget):
                   self.buffers["knn_top1"]),
         ]
         self._ind_line_keys: set[str] = set()
+        self._base_painted = False  # the run's first curves painted: new plots wait for the next redraw
+        # snapshots of probes whose tab does not exist yet: made in a redraw, one tab per redraw
+        self._pending_probes: dict[str, list[ev.VisualProbe]] = {}
         self._scalar_plot_order: list[str] = []
         self._indicator_plot_order: list[str] = []
 
@@ -327,6 +336,8 @@ class Dashboard(QtWidgets.QWidget):
         self.badge.hide()
         self.badge.setText("")
         self.terms_title.hide()
+        for r in range(self.terms_grid.rowCount()):
+            self.terms_grid.setRowMinimumHeight(r, 0)
         self._reset_state()
         self._relayout_eval()
         self.status_label.setText("no run")
@@ -422,14 +433,27 @@ class Dashboard(QtWidgets.QWidget):
             return
         view = self.probe_views.get(e.probe)
         if view is None:
-            if "attention" in images:
-                view = AttentionView(f"Attention: {e.probe}", self.max_snapshots)
-            else:
-                view = ProbeGridView(f"Probe: {e.probe}", self.max_snapshots)
-            self.probe_views[e.probe] = view
-            self.plots[f"probe/{e.probe}"] = view.plot
-            self.tabs.insertTab(self.tabs.indexOf(self.attention_view) + 1, view, e.probe.replace("_", " ").title())
+            # a new tab (a plot widget of its own) is made in a redraw, one per redraw: MultiMAE's
+            # four probes arriving together stalled the GUI thread for 230 ms in one handle_events
+            self._pending_probes.setdefault(e.probe, []).append(e)
+            self._schedule()
+            return
         view.add(e.step, images, e.meta)
+
+    def _create_new_probe_views(self, all_at_once: bool = False) -> None:
+        for name in list(self._pending_probes)[: None if all_at_once else 1]:
+            events = self._pending_probes.pop(name)
+            if "attention" in events[0].images:
+                view = AttentionView(f"Attention: {name}", self.max_snapshots)
+            else:
+                view = ProbeGridView(f"Probe: {name}", self.max_snapshots)
+            self.probe_views[name] = view
+            self.plots[f"probe/{name}"] = view.plot
+            self.tabs.insertTab(self.tabs.indexOf(self.attention_view) + 1, view, name.replace("_", " ").title())
+            for e in events:
+                view.add(e.step, e.images, e.meta)
+        if self._pending_probes:
+            self._schedule()
 
     # ------------------------------------------------------------------ redraw (timer)
     def flush(self) -> None:
@@ -441,6 +465,7 @@ class Dashboard(QtWidgets.QWidget):
         self.redraw_count += 1
         current = self.tabs.currentWidget()
         self._create_new_plots(all_at_once=all_tabs)
+        self._create_new_probe_views(all_at_once=all_tabs)
         changed: list[Any] = []
         # the main loss curve every redraw; the small plots in two alternating halves, so one
         # redraw paints about half of the tab (they are still refreshed 2.5 times a second)
@@ -476,6 +501,22 @@ class Dashboard(QtWidgets.QWidget):
     def _create_new_plots(self, all_at_once: bool = False) -> None:
         # per-term scalars: any key, its own small plot (raw + smoothed)
         new_terms = [k for k in self.scalar_buffers if f"scalar/{k}" not in self.plots]
+        if new_terms and not self._base_painted and not all_at_once:
+            # the run's first redraw paints the main curves for the first time (the costliest
+            # paint of each); the new plots come from the next redraw on, in their own ticks
+            self._base_painted = True
+            self._schedule()
+            return
+        if new_terms:
+            # the grid's final shape at once (equal columns, rows of a plot's height): the plots
+            # then fill reserved cells one by one instead of re-laying out (and repainting) the
+            # whole tab each time a plot widens the columns or opens a row
+            rows = -(-(len(self._scalar_plot_order) + len(new_terms)) // 3)
+            for c in range(3):
+                self.terms_grid.setColumnStretch(c, 1)
+            for r in range(rows):
+                self.terms_grid.setRowMinimumHeight(r, TERM_PLOT_HEIGHT)
+            self.terms_title.show()
         if len(new_terms) > 1 and not all_at_once:
             # one new plot per redraw: created together, five plots' first paints stalled the
             # GUI for 450-570 ms at a DINO run's start (one at a time: under 200 ms)
@@ -483,13 +524,24 @@ class Dashboard(QtWidgets.QWidget):
             self._schedule()
         for k in new_terms:
             w = self._add_plot(f"scalar/{k}", make_plot(k, ""), curve=True)
+            w.setMinimumHeight(TERM_PLOT_HEIGHT)
+            # widths from the columns' equal stretch alone (its size hint would shift the
+            # columns by a few pixels per new plot: every plot of the row resized and repainted)
+            w.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
             i = len(self._scalar_plot_order)
             self._scalar_plot_order.append(k)
             c = SmoothedCurve(w, self.scalar_buffers[k], (i + 1) % len(PALETTE), k)
             c.set_alpha(self._alpha)
             self._smoothed.append(c)
             self.terms_grid.addWidget(w, i // 3, i % 3)
+            w.show()  # now, not by Qt's queued show: a layout ignores a hidden widget
             self.terms_title.show()
+        if new_terms:
+            # settle the geometry now (the tab's layout, then the scroll area's size of it): left
+            # to the posted layout request, it arrived after the first paint, and every plot of
+            # the tab was resized and painted a second time
+            page = self._train_layout.parentWidget()
+            QtCore.QCoreApplication.sendEvent(page, QtCore.QEvent(QtCore.QEvent.Type.LayoutRequest))
         # indicators: fixed plots for the known ones, one plot per unknown key
         relayout = False
         for k, buf in self.indicator_buffers.items():

@@ -536,10 +536,32 @@ def test_new_scalar_plots_appear_one_per_redraw_without_a_forced_redraw(dash, qt
                                       steps_per_epoch=5, n_train=64, n_test=32, config={}, class_names=[]),
                         ev.StepMetrics(1, epoch=0, loss=1.0, lr=1e-3, weight_decay=0.04, images_per_s=10.0,
                                        scalars={k: 0.5 for k in names})])
+    dash._redraw()  # the run's first curves are painted alone: no new plot in this tick
+    assert sum(f"scalar/{k}" in dash.plots for k in names) == 0
     dash._redraw()
     assert sum(f"scalar/{k}" in dash.plots for k in names) == 1
+    # the grid is shaped for all five at once: two rows of equal columns, no re-layout per plot
+    assert dash.terms_grid.rowMinimumHeight(0) > 0 and dash.terms_grid.rowMinimumHeight(1) > 0
     qtbot.waitUntil(lambda: all(f"scalar/{k}" in dash.plots for k in names), timeout=10_000)
     dash.handle_events([ev.StepMetrics(2, epoch=0, loss=1.0, lr=1e-3, weight_decay=0.04, images_per_s=10.0,
                                        scalars={"a": 1.0, "b": 2.0})])
     dash.flush()  # exports and tests: everything at once
     assert "scalar/a" in dash.plots and "scalar/b" in dash.plots
+
+
+def test_new_probe_tabs_appear_one_per_redraw_with_every_snapshot(dash, qtbot):
+    """MultiMAE's four probes arrive in one batch: their tabs are made one per redraw (all in one
+    handle_events stalled the GUI thread for 230 ms), and no snapshot that came meanwhile is lost."""
+    names = ["reconstruction_depth", "reconstruction_seg", "cross_modal"]
+    img = np.zeros((2, 8, 8, 3), np.uint8)
+    dash.handle_events([ev.VisualProbe(10, probe=k, images={"original": img, "reconstruction": img})
+                        for k in names])
+    assert not any(k in dash.probe_views for k in names)  # handle_events only queues them
+    dash._redraw()
+    assert sum(k in dash.probe_views for k in names) == 1
+    dash.handle_events([ev.VisualProbe(20, probe=k, images={"original": img, "reconstruction": img})
+                        for k in names])
+    qtbot.waitUntil(lambda: all(k in dash.probe_views for k in names), timeout=10_000)
+    assert all([s.step for s in dash.probe_views[k].history.items] == [10, 20] for k in names)
+    dash.clear()
+    assert not any(k in dash.probe_views for k in names) and not dash._pending_probes
