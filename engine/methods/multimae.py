@@ -346,10 +346,10 @@ class MultiMAE(Method):
         if "depth" in self.modalities:
             self.depth_proj = nn.Conv2d(1, D, ps, stride=ps)
         # segmentation at 1/seg_stride resolution (the official stride_level 4): patches of ps / seg_stride
-        if ps % p.seg_stride:
+        if "seg" in self.modalities and ps % p.seg_stride:
             raise ConfigError(f"params.seg_stride {p.seg_stride} must divide the patch size {ps} (the "
                               f"segmentation map is patched at {ps} / {p.seg_stride} pixels)")
-        self.seg_patch = sp = ps // p.seg_stride
+        self.seg_patch = sp = max(1, ps // p.seg_stride)
         if "seg" in self.modalities:
             self.seg_embed = nn.Embedding(p.seg_classes, p.seg_embed_dim)
             self.seg_proj = nn.Conv2d(p.seg_embed_dim, D, sp, stride=sp)
@@ -370,7 +370,7 @@ class MultiMAE(Method):
         if w is not None and hasattr(self, "seg_proj") and w.shape[-1] != self.seg_proj.weight.shape[-1]:
             was = self.patch_size // max(1, int(w.shape[-1]))
             raise RuntimeError(f"these weights segment at params.seg_stride {was} (1: full resolution, the "
-                               f"default before 2026-11-27), this config at {self.p.seg_stride}: set "
+                               f"default before 2026-11-28), this config at {self.p.seg_stride}: set "
                                f"params.seg_stride={was} in the run's config.yaml to load them")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
