@@ -92,7 +92,8 @@ def synthetic_feeder(step_interval_s: float = 0.001, eval_every_s: float = 1.0, 
     return feed
 
 
-def real_run_feeder(preset: str = "quick_cpu", run_dir: str | None = None, threads: int | None = None) -> Feeder:
+def real_run_feeder(preset: str = "quick_cpu", run_dir: str | None = None, threads: int | None = None,
+                    nice: bool = True) -> Feeder:
     """A real engine run on the CPU (the preset, until stopped) streaming into the queue, in a
     background thread as in the studio: the GUI thread competes with the training thread for
     the GIL and the cores."""
@@ -108,8 +109,12 @@ def real_run_feeder(preset: str = "quick_cpu", run_dir: str | None = None, threa
     import engine.components  # noqa: F401  (timm, torchvision: the studio has them loaded for its diagrams)
 
     def feed(q: "queue.Queue[ev.Event]", stop: threading.Event) -> None:
+        from studio.worker import lower_thread_priority
+
         if threads:
             torch.set_num_threads(threads)
+        if nice:
+            lower_thread_priority()  # as the studio's worker does for a CPU run
         raw = load_preset(preset)
         raw.setdefault("train", {}).update(time_limit_s=None, epochs=1000, device="cpu", probe_every_s=2.0, log_every=1,
                                            eval_every=25)
@@ -205,13 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-ms", type=float, default=1.0, help="synthetic StepMetrics interval")
     ap.add_argument("--real", metavar="PRESET", help="feed a real CPU training run of this preset "
                     "(e.g. quick_cpu) instead of synthetic events")
+    ap.add_argument("--no-nice", action="store_true",
+                    help="the real run's thread at the GUI's priority (the studio lowers a CPU run's)")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    feeder = real_run_feeder(args.real) if args.real else synthetic_feeder(step_interval_s=args.step_ms / 1000)
+    feeder = (real_run_feeder(args.real, nice=not args.no_nice) if args.real
+              else synthetic_feeder(step_interval_s=args.step_ms / 1000))
     res = measure(args.seconds, feeder, join_timeout_s=120.0 if args.real else 5.0)
-    res["feeder"] = f"real run: {args.real}" if args.real else f"synthetic, a step every {args.step_ms} ms"
+    res["feeder"] = (f"real run: {args.real}" + (" (GUI priority)" if args.no_nice else " (run thread niced, as the studio)")
+                     if args.real else f"synthetic, a step every {args.step_ms} ms")
     from PySide6 import __version__ as pyside_version
     import pyqtgraph
 
