@@ -45,7 +45,7 @@ def _summary(e: BaseException, limit: int = 300) -> str:
     root = e
     while root.__cause__ is not None:
         root = root.__cause__
-    for err in (e, root) if root is not e else (e,):
+    for err in dict.fromkeys((e, root)):  # the error, then its root cause (once if the same)
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         lines = [ln for ln in lines if not ln.endswith("raised:") and not ln.startswith("Set TORCH")]
         if lines:

@@ -148,8 +148,8 @@ class Dashboard(QtWidgets.QWidget):
 
         # --- training
         train = QtWidgets.QWidget()
+        self._train_page = train
         tg = QtWidgets.QGridLayout(train)
-        self._train_layout = tg
         tg.setContentsMargins(4, 4, 4, 4)
         self.loss_plot = self._add_plot("loss", make_plot("Loss (raw + smoothed)", "loss"), curve=True)
         self.loss_plot.setMinimumHeight(240)
@@ -525,9 +525,6 @@ class Dashboard(QtWidgets.QWidget):
         for k in new_terms:
             w = self._add_plot(f"scalar/{k}", make_plot(k, ""), curve=True)
             w.setMinimumHeight(TERM_PLOT_HEIGHT)
-            # widths from the columns' equal stretch alone (its size hint would shift the
-            # columns by a few pixels per new plot: every plot of the row resized and repainted)
-            w.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
             i = len(self._scalar_plot_order)
             self._scalar_plot_order.append(k)
             c = SmoothedCurve(w, self.scalar_buffers[k], (i + 1) % len(PALETTE), k)
@@ -535,13 +532,11 @@ class Dashboard(QtWidgets.QWidget):
             self._smoothed.append(c)
             self.terms_grid.addWidget(w, i // 3, i % 3)
             w.show()  # now, not by Qt's queued show: a layout ignores a hidden widget
-            self.terms_title.show()
         if new_terms:
             # settle the geometry now (the tab's layout, then the scroll area's size of it): left
             # to the posted layout request, it arrived after the first paint, and every plot of
             # the tab was resized and painted a second time
-            page = self._train_layout.parentWidget()
-            QtCore.QCoreApplication.sendEvent(page, QtCore.QEvent(QtCore.QEvent.Type.LayoutRequest))
+            QtCore.QCoreApplication.sendEvent(self._train_page, QtCore.QEvent(QtCore.QEvent.Type.LayoutRequest))
         # indicators: fixed plots for the known ones, one plot per unknown key
         relayout = False
         for k, buf in self.indicator_buffers.items():
