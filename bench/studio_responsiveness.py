@@ -126,9 +126,48 @@ def real_run_feeder(preset: str = "quick_cpu", run_dir: str | None = None, threa
     return feed
 
 
+class StackSampler:
+    """Samples the GUI thread's Python stack every ``interval_s`` (a daemon thread), so that the
+    longest gaps can be explained: ``during(t0, t1)`` counts the innermost project / pyqtgraph
+    frames seen between two ``perf_counter`` times."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, list[str]]] = []
+        self._stop = threading.Event()
+        self._target = threading.main_thread().ident
+
+    def start(self) -> "StackSampler":
+        threading.Thread(target=self._run, daemon=True, name="bench-sampler").start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            frame = sys._current_frames().get(self._target)
+            stack = []
+            while frame is not None:
+                code = frame.f_code
+                stack.append(f"{Path(code.co_filename).name}:{code.co_name}:{frame.f_lineno}")
+                frame = frame.f_back
+            self.samples.append((time.perf_counter(), stack))
+
+    def during(self, t0: float, t1: float, depth: int = 6) -> list[tuple[int, str]]:
+        counts: dict[str, int] = {}
+        for t, stack in self.samples:
+            if t0 <= t <= t1:
+                key = " <- ".join(stack[:depth]) or "(idle or in Qt's C++)"
+                counts[key] = counts.get(key, 0) + 1
+        return sorted(((n, k) for k, n in counts.items()), reverse=True)
+
+
 def measure(seconds: float, feeder: Feeder, dashboard: Any = None, tick_ms: int = 10,
-            drain_ms: int = 200, join_timeout_s: float = 5.0) -> dict[str, Any]:
-    """Run the event loop for ``seconds`` while ``feeder`` streams events; return the gaps."""
+            drain_ms: int = 200, join_timeout_s: float = 5.0, trace: int = 0) -> dict[str, Any]:
+    """Run the event loop for ``seconds`` while ``feeder`` streams events; return the gaps.
+    ``trace`` > 0 samples the GUI thread's stack and reports what it ran in the ``trace``
+    longest gaps (``res["trace"]``)."""
     from PySide6 import QtCore, QtWidgets
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
@@ -176,8 +215,11 @@ def measure(seconds: float, feeder: Feeder, dashboard: Any = None, tick_ms: int 
     tick.start()
     pump.start()
     QtCore.QTimer.singleShot(int(seconds * 1000), loop.quit)
+    sampler = StackSampler().start() if trace else None
     t0, c0 = time.perf_counter(), time.process_time()
     loop.exec()
+    if sampler:
+        sampler.stop()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tick.stop()
     pump.stop()
@@ -186,7 +228,12 @@ def measure(seconds: float, feeder: Feeder, dashboard: Any = None, tick_ms: int 
     app.processEvents()
 
     gaps = np.diff(np.asarray(ticks)) * 1000 if len(ticks) > 1 else np.zeros(1)
-    return {
+    traced = []
+    if sampler and len(ticks) > 1:
+        for i in np.argsort(gaps)[::-1][:trace]:
+            traced.append({"gap_ms": round(float(gaps[i]), 1), "at_s": round(float(ticks[i + 1] - t0), 2),
+                           "stacks": [f"{n}x {k}" for n, k in sampler.during(ticks[i], ticks[i + 1])[:8]]})
+    res = {
         "max_gap_ms": round(float(gaps.max()), 2),
         "max_gap_at_s": round(float(ticks[int(np.argmax(gaps)) + 1] - t0), 2) if len(ticks) > 1 else 0.0,
         "gaps_over_100ms": int((gaps > 100).sum()),
@@ -202,6 +249,9 @@ def measure(seconds: float, feeder: Feeder, dashboard: Any = None, tick_ms: int 
         "process_cpu_s": round(cpu, 2),  # GUI + feeder threads together
         "backlog": q.qsize(),
     }
+    if sampler:
+        res["trace"] = traced
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,13 +262,16 @@ def main(argv: list[str] | None = None) -> int:
                     "(e.g. quick_cpu) instead of synthetic events")
     ap.add_argument("--no-nice", action="store_true",
                     help="the real run's thread at the GUI's priority (the studio lowers a CPU run's)")
+    ap.add_argument("--trace", type=int, default=0, metavar="N",
+                    help="sample the GUI thread's stack; report what it ran in the N longest gaps")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     feeder = (real_run_feeder(args.real, nice=not args.no_nice) if args.real
               else synthetic_feeder(step_interval_s=args.step_ms / 1000))
-    res = measure(args.seconds, feeder, join_timeout_s=120.0 if args.real else 5.0)
+    res = measure(args.seconds, feeder, join_timeout_s=120.0 if args.real else 5.0,
+                  trace=args.trace)
     res["feeder"] = (f"real run: {args.real}" + (" (GUI priority)" if args.no_nice else " (run thread niced, as the studio)")
                      if args.real else f"synthetic, a step every {args.step_ms} ms")
     from PySide6 import __version__ as pyside_version

@@ -464,8 +464,17 @@ class Dashboard(QtWidgets.QWidget):
     def _redraw(self, all_tabs: bool = False) -> None:
         self.redraw_count += 1
         current = self.tabs.currentWidget()
-        self._create_new_plots(all_at_once=all_tabs)
-        self._create_new_probe_views(all_at_once=all_tabs)
+        if all_tabs:
+            self._create_term_plots(all_at_once=True)
+            self._create_new_probe_views(all_at_once=True)
+        elif self._create_one_widget():
+            # a redraw that made a widget (about 10 ms of pyqtgraph construction, more on loaded
+            # cores, then its first paint) does nothing else: the curves are updated on the next
+            # tick. Creation and curve updates in one redraw made the longest GUI stalls of a
+            # MultiMAE run on two busy cores (100-140 ms; apart: see bench/results)
+            self._schedule()
+            return
+        self._add_indicator_lines()
         changed: list[Any] = []
         # the main loss curve every redraw; the small plots in two alternating halves, so one
         # redraw paints about half of the tab (they are still refreshed 2.5 times a second)
@@ -498,15 +507,27 @@ class Dashboard(QtWidgets.QWidget):
                 _fit_flat(vb)
                 vb.prepareForPaint()
 
-    def _create_new_plots(self, all_at_once: bool = False) -> None:
-        # per-term scalars: any key, its own small plot (raw + smoothed)
+    def _create_one_widget(self) -> bool:
+        """Make at most one pending widget (a per-term plot, else a probe tab); True if made."""
+        if any(f"scalar/{k}" not in self.plots for k in self.scalar_buffers):
+            if not self._base_painted:
+                # the run's first redraw paints the main curves for the first time (the costliest
+                # paint of each); the new plots come from the next redraw on, in their own ticks
+                self._base_painted = True
+                self._schedule()
+                return False
+            self._create_term_plots()
+            return True
+        if self._pending_probes:
+            self._create_new_probe_views()
+            return True
+        return False
+
+    def _create_term_plots(self, all_at_once: bool = False) -> None:
+        """Per-term scalars (any key): a small plot each (raw + smoothed); one per call unless
+        ``all_at_once`` (created together, five plots' first paints stalled the GUI for 450-570 ms
+        at a DINO run's start)."""
         new_terms = [k for k in self.scalar_buffers if f"scalar/{k}" not in self.plots]
-        if new_terms and not self._base_painted and not all_at_once:
-            # the run's first redraw paints the main curves for the first time (the costliest
-            # paint of each); the new plots come from the next redraw on, in their own ticks
-            self._base_painted = True
-            self._schedule()
-            return
         if new_terms:
             # the grid's final shape at once (equal columns, rows of a plot's height): the plots
             # then fill reserved cells one by one instead of re-laying out (and repainting) the
@@ -518,8 +539,6 @@ class Dashboard(QtWidgets.QWidget):
                 self.terms_grid.setRowMinimumHeight(r, TERM_PLOT_HEIGHT)
             self.terms_title.show()
         if len(new_terms) > 1 and not all_at_once:
-            # one new plot per redraw: created together, five plots' first paints stalled the
-            # GUI for 450-570 ms at a DINO run's start (one at a time: under 200 ms)
             new_terms = new_terms[:1]
             self._schedule()
         for k in new_terms:
@@ -537,7 +556,9 @@ class Dashboard(QtWidgets.QWidget):
             # to the posted layout request, it arrived after the first paint, and every plot of
             # the tab was resized and painted a second time
             QtCore.QCoreApplication.sendEvent(self._train_page, QtCore.QEvent(QtCore.QEvent.Type.LayoutRequest))
-        # indicators: fixed plots for the known ones, one plot per unknown key
+
+    def _add_indicator_lines(self) -> None:
+        """Collapse indicators: a line in a fixed plot for the known ones, a plot per unknown key."""
         relayout = False
         for k, buf in self.indicator_buffers.items():
             if k in self._ind_line_keys:
