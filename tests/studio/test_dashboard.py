@@ -565,3 +565,34 @@ def test_new_probe_tabs_appear_one_per_redraw_with_every_snapshot(dash, qtbot):
     assert all([s.step for s in dash.probe_views[k].history.items] == [10, 20] for k in names)
     dash.clear()
     assert not any(k in dash.probe_views for k in names) and not dash._pending_probes
+
+
+def test_a_redraw_makes_at_most_one_widget_and_then_nothing_else(dash, qtbot):
+    """Per-term plots and probe tabs arriving together (a MultiMAE run's first seconds) are made
+    one widget per redraw, plots first; such a redraw leaves the curves to the next one."""
+    terms = ["loss_rgb", "loss_depth"]
+    probes = ["reconstruction_depth", "cross_modal"]
+    img = np.zeros((2, 8, 8, 3), np.uint8)
+    dash.handle_events([ev.RunStarted(0, run_dir="/tmp/r", method="multimae", device="cpu", total_steps=10,
+                                      steps_per_epoch=5, n_train=64, n_test=32, config={}, class_names=[]),
+                        ev.StepMetrics(1, epoch=0, loss=1.0, lr=1e-3, weight_decay=0.04, images_per_s=10.0,
+                                       scalars={k: 0.5 for k in terms})]
+                       + [ev.VisualProbe(1, probe=k, images={"original": img, "reconstruction": img})
+                          for k in probes])
+    dash._redraw()  # the first curves alone
+    for i in range(4):
+        dash.handle_events([ev.StepMetrics(2 + i, epoch=0, loss=0.5, lr=1e-3, weight_decay=0.04,
+                                           images_per_s=10.0, scalars={k: 0.4 for k in terms})])
+        points = dash._loss_curve.raw.getData()[0]
+        n_before = 0 if points is None else len(points)
+        widgets = sum(f"scalar/{k}" in dash.plots for k in terms) + sum(k in dash.probe_views for k in probes)
+        dash._redraw()
+        widgets_after = sum(f"scalar/{k}" in dash.plots for k in terms) + sum(k in dash.probe_views for k in probes)
+        assert widgets_after == widgets + 1
+        points = dash._loss_curve.raw.getData()[0]
+        assert (0 if points is None else len(points)) == n_before  # this redraw drew no curve
+        if i == 1:  # the plots first, then the probe tabs
+            assert all(f"scalar/{k}" in dash.plots for k in terms) and not any(k in dash.probe_views for k in probes)
+    assert all(k in dash.probe_views for k in probes)
+    dash._redraw()  # nothing left to make: the curves catch up
+    assert len(dash._loss_curve.raw.getData()[0]) >= 5
