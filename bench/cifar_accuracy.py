@@ -4,7 +4,8 @@
                                    [--epochs 20] [--batch-size 512] [--out bench/results]
 
 Every method trains from its ``<method>_cifar`` preset with a ResNet-18 with CIFAR stem (DINO
-too, as lightly's CIFAR-10 benchmark), batch 512, on the CIFAR-10 training split (50,000
+too, as lightly's CIFAR-10 benchmark, from ``dino_cifar_resnet18``: solo-learn's ResNet recipe,
+not the ViT preset's AdamW), batch 512, on the CIFAR-10 training split (50,000
 images, uint8 cache on the device), for ``--epochs`` epochs; the warm-up lengths of the preset
 (learning rate, DINO's teacher temperature) shrink in proportion to the shorter schedule.
 Then the weighted kNN (k 200, t 0.1, lightly's protocol) of the backbone features: memory bank
@@ -71,8 +72,12 @@ def lightly_recipe(cfg: dict, method: str, batch_size: int) -> dict:
     return cfg
 
 
+# the preset each method trains from (default ``<method>_cifar``)
+PRESETS = {"dino": "dino_cifar_resnet18"}
+
+
 def method_config(method: str, args, source: str) -> dict:
-    cfg = load_preset(f"{method}_cifar")
+    cfg = load_preset(PRESETS.get(method, f"{method}_cifar"))
     if getattr(args, "recipe", "preset") == "lightly":
         cfg = lightly_recipe(cfg, method, args.batch_size)
     scale = args.epochs / float(cfg.get("train", {}).get("epochs") or args.epochs)

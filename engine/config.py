@@ -226,6 +226,10 @@ class OptimConfig(Strict):
                                        json_schema_extra=applies_when(optim__optimizer=["adamw"]))
     lars_eta: float = Field(0.02, gt=0, le=1, description="LARS trust coefficient.",
                             json_schema_extra=applies_when(optim__optimizer=["lars"]))
+    lars_clip: bool = Field(
+        False, description="Clip LARS's layer-wise rate at the scheduled LR: a layer never steps further than "
+        "plain SGD would (solo-learn's clip_lr; its CIFAR recipes with eta 0.02 assume it).",
+        json_schema_extra=applies_when(optim__optimizer=["lars"]))
     clip_grad: float = Field(0.0, ge=0, description="Clip the gradient norm to this value (0: off).")
     clip_mode: Literal["global", "per_param"] = Field(
         "global", description="global: one norm over all parameters; per_param: each parameter's "

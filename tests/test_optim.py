@@ -28,6 +28,33 @@ def test_lars_matches_its_formula():
     torch.testing.assert_close(w.detach(), w0 - 0.1 * trust * d)
 
 
+def g_ratio(g: torch.Tensor, w: torch.Tensor) -> float:
+    return float(g.norm() / w.norm())
+
+
+def test_clipped_lars_steps_like_sgd_or_eta_of_the_weights_whichever_is_smaller():
+    """solo-learn's clip_lr: the step is lr * min(trust / lr, 1) * g = min(trust, lr) * g, i.e. a
+    relative step of min(eta, lr * ||g|| / ||w||); unclipped LARS moves lr * eta of ||w||."""
+    torch.manual_seed(0)
+    w0 = torch.randn(64, 32)
+    small = 1e-3 * torch.randn(64, 32)  # ||g|| / ||w|| = 1e-3: SGD's step (lr 2: 0.2 %) is the smaller
+    large = 10.0 * torch.randn(64, 32)  # ||g|| / ||w|| = 10: eta (2 %) is the smaller
+    for g, clipped_step in ((small, 2.0 * g_ratio(small, w0)), (large, 0.02)):
+        steps = {}
+        for clip in (False, True):
+            w = torch.nn.Parameter(w0.clone())
+            opt = LARS([w], lr=2.0, momentum=0.9, weight_decay=0.0, eta=0.02, clip=clip)
+            w.grad = g.clone()
+            opt.step()
+            steps[clip] = float((w0 - w.detach()).norm() / w0.norm())
+        assert steps[False] == pytest.approx(2.0 * 0.02, rel=1e-4)  # lr * eta of ||w||, whatever g
+        assert steps[True] == pytest.approx(clipped_step, rel=1e-4)
+    cfg = OptimConfig(optimizer="lars", lars_clip=True)
+    m = torch.nn.Linear(4, 4)
+    opt = build_optimizer(m, [{"params": list(m.parameters())}], cfg, 0.5, torch.device("cpu"))
+    assert all(g["clip"] for g in opt.param_groups)
+
+
 def test_bias_and_norm_params_get_no_decay_and_no_lars():
     m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
     opt = build_optimizer(m, [{"params": list(m.parameters())}], OptimConfig(weight_decay=0.1), 0.5,
