@@ -224,7 +224,8 @@ class OptimConfig(Strict):
                             json_schema_extra=applies_when(optim__optimizer=["sgd", "lars"]))
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.",
                                        json_schema_extra=applies_when(optim__optimizer=["adamw"]))
-    lars_eta: float = Field(0.02, gt=0, le=1, description="LARS trust coefficient.",
+    lars_eta: float = Field(0.001, gt=0, le=1, description="LARS trust coefficient (0.001: You et al., SimCLR, BYOL, "
+                            "Barlow Twins; solo-learn's CIFAR recipes use 0.02 with lars_clip).",
                             json_schema_extra=applies_when(optim__optimizer=["lars"]))
     lars_clip: bool = Field(
         False, description="Clip LARS's layer-wise rate at the scheduled LR: a layer never steps further than "
