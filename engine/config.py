@@ -228,8 +228,9 @@ class OptimConfig(Strict):
                             "Barlow Twins; solo-learn's CIFAR recipes use 0.02 with lars_clip).",
                             json_schema_extra=applies_when(optim__optimizer=["lars"]))
     lars_clip: bool = Field(
-        False, description="Clip LARS's layer-wise rate at the scheduled LR: a layer never steps further than "
-        "plain SGD would (solo-learn's clip_lr; its CIFAR recipes with eta 0.02 assume it).",
+        False, description="solo-learn's clip_lr: a layer's step is plain SGD's at the scheduled LR or eta of "
+        "its weight norm, whichever is smaller (unclipped: LR x eta of its norm). Its CIFAR BYOL and DINO "
+        "recipes (eta 0.02) assume it.",
         json_schema_extra=applies_when(optim__optimizer=["lars"]))
     clip_grad: float = Field(0.0, ge=0, description="Clip the gradient norm to this value (0: off).")
     clip_mode: Literal["global", "per_param"] = Field(

@@ -47,11 +47,12 @@ class LARS(torch.optim.Optimizer):
     (biases, norm layers) get plain SGD with momentum and no adaptation.
 
     ``clip=True`` is solo-learn's ``clip_lr`` (from PyTorch Lightning Bolts): the ratio becomes
-    ``min(trust / lr, 1)``, so the step is ``min(trust, lr) * g``: a layer moves ``eta`` of its
-    norm or plain SGD's step at the scheduled lr, whichever is smaller. solo-learn's CIFAR recipes
-    (BYOL lr 1.0, Barlow Twins 0.3, eta 0.02) are tuned with it; without it every layer moves
-    ``lr * eta`` of its norm a step whatever the gradient (BYOL at batch 512: 4 %, up to 40 % as
-    momentum accumulates).
+    ``min(trust / lr, 1)``, so the step is ``min(trust, lr) * g``: plain SGD's step at the
+    scheduled lr, or ``eta`` of the layer's norm, whichever is smaller. Unclipped, every layer
+    moves ``lr * eta`` of its norm a step whatever the gradient. Neither is uniformly smaller:
+    clipping shrinks the step when lr > 1 (BYOL's lr 1.0 x B/256 at batch 512: 4 % -> at most
+    2 %) and can enlarge it when lr < 1 (up to 1 / lr times). Use it with the recipes tuned for
+    it (solo-learn's CIFAR BYOL and DINO, eta 0.02).
     The whole step is done with foreach ops (one kernel per op across tensors).
     """
 

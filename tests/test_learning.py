@@ -161,6 +161,12 @@ def test_short_run_beats_chance_and_the_untrained_network(method: str, tmp_path)
 OPTIM_OVERRIDE: dict = {}  # a seam to check that the test fails without the recipe's fix
 PRESET_ROWS: dict[str, tuple[dict, int, float]] = {
     "byol_cifar": ({"proj_hidden": 512, "pred_hidden": 512, "proj_out": 128}, 300, 0.015),
+    "simclr_cifar": ({}, 150, 0.015),
+    "moco_v2_cifar": ({"queue_size": 512, "bn_splits": 2}, 150, 0.015),
+    # lambda about 1 / D for the narrowed 512-d head; the preset's unclipped LARS: 0.284, clipped
+    # (solo-learn's clip_lr without its scale_loss 0.1): 0.128, below the untrained network
+    "barlow_twins_cifar": ({"proj_hidden": 512, "proj_out": 512, "lambd": 0.002}, 150, 0.05),
+    "dino_cifar_resnet18": ({"out_dim": 1024, "hidden_dim": 512}, 300, 0.015),
 }
 
 
