@@ -301,7 +301,7 @@ def test_settings_the_setup_ignores_are_greyed_out(make_window):
     insp.set_text("data.source", "shapes")
     on = lambda key: insp.editor(key).isEnabled()  # noqa: E731
     assert on("model.cifar_stem") and not on("model.patch_size") and not on("model.drop_path")
-    assert on("optim.betas") and not on("optim.momentum") and not on("optim.lars_eta")
+    assert on("optim.betas") and not on("optim.momentum") and not on("optim.lars_eta") and not on("optim.lars_clip")
     assert on("data.shapes_size") and not on("data.workers") and not on("data.cache_dir")
     assert "applies when model.arch is vit*" in insp.editor("model.patch_size").toolTip()
     insp.set_text("model.arch", "vit_tiny")
@@ -309,7 +309,7 @@ def test_settings_the_setup_ignores_are_greyed_out(make_window):
     combo.setCurrentText("lars")
     combo.activated.emit(combo.currentIndex())  # as when a user picks it
     assert not on("model.cifar_stem") and on("model.patch_size") and on("model.drop_path")
-    assert not on("optim.betas") and on("optim.momentum") and on("optim.lars_eta")
+    assert not on("optim.betas") and on("optim.momentum") and on("optim.lars_eta") and on("optim.lars_clip")
     assert "not used" not in insp.editor("model.patch_size").toolTip()
     insp.set_text("model.arch", "swin_tiny")
     assert not on("model.patch_size") and on("model.drop_path")  # Swin's patch is its model's
