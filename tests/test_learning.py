@@ -110,6 +110,15 @@ def learn(method: str, tmp_path) -> tuple[float, float, list[ev.Event]]:
     """(untrained kNN, trained kNN, events) of the method's recipe, on one thread."""
     params, steps, dotted, _ = RECIPES[method]
     cfg = validate_config(with_({**BASE, "method": method, "params": params}, **{"train.steps": steps, **dotted}))
+    untrained, trained, seen = train_and_evaluate(cfg, tmp_path / method)
+    # the trainer's kNN protocol is the method's: standardised features for masked image modelling
+    final = [e for e in seen if isinstance(e, ev.Evaluation)][-1]
+    assert final.knn_standardized is (get_method(method).family == "masked image modelling")
+    return untrained, trained, seen
+
+
+def train_and_evaluate(cfg, run_dir) -> tuple[float, float, list[ev.Event]]:
+    """(untrained kNN with the trainer's initial weights, trained kNN, events), on one thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -118,13 +127,11 @@ def learn(method: str, tmp_path) -> tuple[float, float, list[ev.Event]]:
         untrained, _, _ = knn_evaluate(create_method(cfg, 32), data, cfg, torch.device("cpu"))
         seen: list[ev.Event] = []
         t = time.time()
-        Trainer(cfg, tmp_path / method, listeners=(seen.append,), data=data).run()
-        print(f"{method}: {steps} steps in {time.time() - t:.0f} s")
+        Trainer(cfg, run_dir, listeners=(seen.append,), data=data).run()
+        print(f"{cfg.method}: {cfg.train.steps} steps in {time.time() - t:.0f} s")
     finally:
         torch.set_num_threads(threads)
     final = [e for e in seen if isinstance(e, ev.Evaluation)][-1]
-    # the trainer's kNN protocol is the method's: standardised features for masked image modelling
-    assert final.knn_standardized is (get_method(method).family == "masked image modelling")
     return untrained, final.knn_top1, seen
 
 
@@ -182,16 +189,6 @@ def test_cifar_preset_recipe_beats_the_untrained_network(preset: str, tmp_path) 
     optim = {**p["optim"], "warmup_epochs": 0.3, **OPTIM_OVERRIDE}
     raw = {**BASE, "method": p["method"], "params": {**p.get("params", {}), **narrow}, "optim": optim}
     cfg = validate_config(with_(raw, **{"train.steps": steps}))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = load_dataset(cfg.data)
-        torch.manual_seed(cfg.train.seed)
-        untrained, _, _ = knn_evaluate(create_method(cfg, 32), data, cfg, torch.device("cpu"))
-        seen: list[ev.Event] = []
-        Trainer(cfg, tmp_path / preset, listeners=(seen.append,), data=data).run()
-    finally:
-        torch.set_num_threads(threads)
-    trained = [e for e in seen if isinstance(e, ev.Evaluation)][-1].knn_top1
+    untrained, trained, _ = train_and_evaluate(cfg, tmp_path / preset)
     print(f"{preset}: kNN untrained {untrained:.3f} -> trained {trained:.3f}")
     assert trained >= untrained + gain, (untrained, trained)
