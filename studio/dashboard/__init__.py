@@ -470,8 +470,8 @@ class Dashboard(QtWidgets.QWidget):
         elif self._create_one_widget():
             # a redraw that made a widget (about 10 ms of pyqtgraph construction, more on loaded
             # cores, then its first paint) does nothing else: the curves are updated on the next
-            # tick. Creation and curve updates in one redraw made the longest GUI stalls of a
-            # MultiMAE run on two busy cores (100-140 ms; apart: see bench/results)
+            # tick. A MultiMAE run's longest GUI stall on two busy cores (103 ms, sampled with
+            # bench/studio_responsiveness.py --trace) held both; apart: 52-74 ms in nine runs
             self._schedule()
             return
         self._add_indicator_lines()
