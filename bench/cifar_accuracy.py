@@ -4,8 +4,8 @@
                                    [--epochs 20] [--batch-size 512] [--out bench/results]
 
 Every method trains from its ``<method>_cifar`` preset with a ResNet-18 with CIFAR stem (DINO
-too, as lightly's CIFAR-10 benchmark, from ``dino_cifar_resnet18``: solo-learn's ResNet recipe,
-not the ViT preset's AdamW), batch 512, on the CIFAR-10 training split (50,000
+too, as lightly's CIFAR-10 benchmark, from ``dino_cifar_resnet18``: that benchmark's ResNet
+recipe, not the ViT preset's AdamW), batch 512, on the CIFAR-10 training split (50,000
 images, uint8 cache on the device), for ``--epochs`` epochs; the warm-up lengths of the preset
 (learning rate, DINO's teacher temperature) shrink in proportion to the shorter schedule.
 Then the weighted kNN (k 200, t 0.1, lightly's protocol) of the backbone features: memory bank

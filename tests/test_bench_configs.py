@@ -25,12 +25,13 @@ def test_cifar_accuracy_configs_are_valid_resnet18_cifar_stem(method: str, tmp_p
     assert cfg.eval.max_bank == 50_000 and cfg.eval.knn_k == 200
     # the preset's warm-up shrinks with the 10x shorter schedule (200 -> 20 epochs)
     assert cfg.optim.warmup_epochs <= 2.0
-    if method in ("byol", "dino"):  # solo-learn's LARS recipes: eta 0.02, clipped at the lr
+    if method == "byol":  # solo-learn's LARS recipe: eta 0.02, clipped at the lr
         assert (cfg.optim.optimizer, cfg.optim.lars_eta, cfg.optim.lars_clip) == ("lars", 0.02, True)
     if method == "barlow_twins":  # unclipped (without solo-learn's scale_loss, clipping broke it on the CPU proxy)
         assert (cfg.optim.optimizer, cfg.optim.lars_eta, cfg.optim.lars_clip) == ("lars", 0.02, False)
-    if method == "dino":  # the ResNet recipe, not the ViT preset's AdamW and multi-crop
-        assert cfg.aug.local_crops.count == 0 and cfg.optim.clip_grad == 0.0
+    if method == "dino":  # the ResNet recipe (lightly's benchmark), not the ViT preset's AdamW and multi-crop
+        assert cfg.aug.local_crops.count == 0 and cfg.optim.optimizer == "sgd" and cfg.params["head_bn"] is True
+        assert cfg.optim.lr == pytest.approx(0.12)  # x 512 / 256: lightly's 0.06 x 512 / 128
 
 
 @pytest.mark.parametrize("method", sorted(LIGHTLY_200_EPOCHS))
