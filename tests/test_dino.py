@@ -275,6 +275,21 @@ def test_presets_validate(preset: str) -> None:
         assert m.backbone.patch_size == 4 and m.head.out_dim == 4096
 
 
+def test_resnet_cifar_preset_is_lightlys_benchmark_recipe() -> None:
+    """dino_cifar_resnet18: a 2-layer BN head (512 -> 2048 -> 256 -> 2048), a constant teacher
+    temperature 0.04 and EMA 0.99, two 32 px crops, SGD: the recipe that learned on the CPU proxy
+    where the ViT and solo-learn recipes collapsed to a uniform output (tests/test_learning.py)."""
+    cfg = validate_config(load_preset("dino_cifar_resnet18"))
+    m = create_method(cfg, 32)
+    assert cfg.model.arch == "resnet18" and cfg.model.cifar_stem and cfg.optim.optimizer == "sgd"
+    linears = [x for x in m.head.mlp if isinstance(x, torch.nn.Linear)]
+    assert [(x.in_features, x.out_features) for x in linears] == [(512, 2048), (2048, 256)]
+    assert any(isinstance(x, torch.nn.BatchNorm1d) for x in m.head.mlp) and m.head.out_dim == 2048
+    assert m.teacher_temp(0) == m.teacher_temp(10**6) == pytest.approx(0.04)
+    assert (cfg.params["momentum_teacher"], cfg.params["momentum_schedule"]) == (0.99, "constant")
+    assert cfg.aug.global_crops.count == 2 and cfg.aug.local_crops.count == 0
+
+
 # ------------------------------------------------------------------- training
 def train_vs_untrained(params: dict, steps: int, tmp, lr: float = 1e-3, **dotted):
     """Real Trainer on 32 px shapes (resnet18 without CIFAR stem, batch 32, 2x32 + 2x16 crops,
