@@ -127,9 +127,10 @@ def real_run_feeder(preset: str = "quick_cpu", run_dir: str | None = None, threa
 
 
 class StackSampler:
-    """Samples the GUI thread's Python stack every ``interval_s`` (a daemon thread), so that the
-    longest gaps can be explained: ``during(t0, t1)`` counts the innermost project / pyqtgraph
-    frames seen between two ``perf_counter`` times."""
+    """Samples the GUI (main) thread's Python stack every ``interval_s`` from a daemon thread, so
+    that the longest gaps can be explained: ``during(t0, t1)`` counts the innermost ``depth``
+    frames seen between two ``perf_counter`` times. Time in Qt's C++ shows as the Python frame
+    that called into it (``loop.exec()``, a ``paintEvent``)."""
 
     def __init__(self, interval_s: float = 0.002) -> None:
         self.interval_s = interval_s
@@ -158,7 +159,7 @@ class StackSampler:
         counts: dict[str, int] = {}
         for t, stack in self.samples:
             if t0 <= t <= t1:
-                key = " <- ".join(stack[:depth]) or "(idle or in Qt's C++)"
+                key = " <- ".join(stack[:depth]) or "(no Python frame)"
                 counts[key] = counts.get(key, 0) + 1
         return sorted(((n, k) for k, n in counts.items()), reverse=True)
 
