@@ -119,7 +119,7 @@ sys.path.insert(0, str(ROOT))
 from bench.run import _time, device_name, make_data  # noqa: E402  (the SimCLR bench: reused, not copied)
 
 from engine import events as ev  # noqa: E402
-from engine.compiling import MODES, Compiled  # noqa: E402
+from engine.compiling import MODES, Compiled, compile_units  # noqa: E402
 from engine.config import validate_config  # noqa: E402
 from engine.data import DataSplits, ImageSet  # noqa: E402
 
@@ -568,7 +568,7 @@ def run_model_only(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
     cuda = args.cuda
     if cuda and cfg.train.channels_last:
         m.to(memory_format=torch.channels_last)
-    compiled = Compiled(list(m.children()) if cuda and args.compile else [], args.compile_mode)
+    compiled = Compiled(compile_units(m) if cuda and args.compile else [], args.compile_mode)
     compiled.compile()
     fallback: list[str] = []
     opt = build_optimizer(m, m.param_groups(), cfg.optim, peak_lr(cfg.optim, sz["batch"]), dev)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import step_weighted_rate  # noqa: E402
 from engine.fileio import atomic_write_text  # noqa: E402
 from engine import events as ev  # noqa: E402
-from engine.compiling import MODES, Compiled  # noqa: E402
+from engine.compiling import MODES, Compiled, compile_units  # noqa: E402
 from engine.config import validate_config  # noqa: E402
 from engine.data import DataSplits, ImageSet, load_dataset  # noqa: E402
 
@@ -113,7 +113,7 @@ def bench_model_only(args, data: DataSplits) -> dict:
     cuda = dev.type == "cuda"
     if cuda:
         m.to(memory_format=torch.channels_last)
-    compiled = Compiled(list(m.children()) if cuda and args.compile else [], args.compile_mode)
+    compiled = Compiled(compile_units(m) if cuda and args.compile else [], args.compile_mode)
     compiled.compile()
     fallback: list[str] = []
     opt = build_optimizer(m, m.param_groups(), cfg.optim, 0.3, dev)

@@ -9,11 +9,24 @@ wraps those calls in :meth:`Compiled.guard`: on an error raised by dynamo / indu
 it switches every module back to eager (``nn.Module.compile``'s ``_compiled_call_impl``
 cleared), reports why once, and repeats the call eagerly. Errors of the model itself
 (shapes, out of memory) are not compiler errors and pass through untouched.
+
+What is compiled (:func:`compile_units`): ``nn.Module.compile`` replaces a module's
+``__call__``, so it only acts where that module is *called*. The masked-image methods do not
+call their ViT backbone: MAE embeds the patches, drops the masked ones and runs
+``vit.blocks`` on the rest (MAE's own code does the same), SimMIM and BEiT insert mask tokens
+between the patch embedding and the blocks, and a decoder is a ``ModuleList`` iterated in the
+method. Compiling only the method's direct children therefore compiled nothing of MAE but its
+three small decoder linears (measured on the CPU with a recording backend: three one-node
+graphs; SimMIM: one). So every transformer block is a unit as well (regional compilation:
+identical blocks share one compiled graph, so compile time does not grow with depth), and where
+a backbone *is* called (DINO, MoCo v3, the ResNets) dynamo traces it whole and inlines its
+blocks (one graph per crop size: 199 nodes for DINO's ViT-S/16 on the CPU).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -56,6 +69,44 @@ def _summary(e: BaseException, limit: int = 300) -> str:
     if root is not e and type(root).__name__ not in text:
         text = f"{type(root).__name__}: {text}"
     return text[:limit]
+
+
+def _is_block(m: nn.Module) -> bool:
+    """A transformer block: attention and MLP sub-modules (timm's ViT, BEiT, Swin and Eva blocks)."""
+    return isinstance(getattr(m, "attn", None), nn.Module) and isinstance(getattr(m, "mlp", None), nn.Module)
+
+
+def compile_units(method: nn.Module) -> list[nn.Module]:
+    """The modules ``train.compile`` compiles, in order: each direct child of ``method`` that has
+    parameters (backbones, heads, decoders, teachers) followed by the transformer blocks inside it.
+
+    Children without parameters stay eager: losses, the DINO centre, feature queues. They are
+    cheap, they take Python floats that change during a run (temperatures, momenta: each new
+    value would be a recompilation) and a loss is where the compiler has failed (the SimCLR
+    cross-entropy kernel, see above)."""
+    units: list[nn.Module] = []
+    for child in method.children():
+        if next(child.parameters(), None) is None:
+            continue
+        units.append(child)
+        units.extend(m for m in child.modules() if m is not child and _is_block(m))
+    return units
+
+
+@contextmanager
+def eager(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``module`` and everything inside it run their eager forward.
+
+    For the probes that watch a forward through hooks (the attention probe's pre-hook on the
+    last block's attention): a compiled graph was traced without the hook and would not call it."""
+    saved = [(m, m._compiled_call_impl) for m in module.modules() if m._compiled_call_impl is not None]
+    for m, _ in saved:
+        m._compiled_call_impl = None
+    try:
+        yield module
+    finally:
+        for m, impl in saved:
+            m._compiled_call_impl = impl
 
 
 class Compiled:

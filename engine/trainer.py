@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from . import events as ev
 from .augment import GPUAugment
 from .checkpoint import config_differences, load_checkpoint, save_checkpoint
-from .compiling import Compiled
+from .compiling import Compiled, compile_units
 from .config import OptimConfig, RunConfig, live_keys, total_steps, validate_config
 from .data import DataSplits, load_dataset
 from .data.stream import BatchStream
@@ -298,7 +298,7 @@ class Trainer:
 
         if state is not None:
             self._restore(state)
-        self.compiled = Compiled(list(self.method.children()) if cfg.train.compile and _compile_applies(self.cuda)
+        self.compiled = Compiled(compile_units(self.method) if cfg.train.compile and _compile_applies(self.cuda)
                                  else [], cfg.train.compile_mode)
         self.compiled.compile()
         self.fixed_images = (data.test or data.train).images[:8].to(self.device)

@@ -80,7 +80,7 @@ def test_a_run_whose_compiler_fails_goes_on_eagerly(tmp_path, monkeypatch):
     losses = [e.loss for e in seen if isinstance(e, ev.StepMetrics)]
     assert [e.step for e in seen if isinstance(e, ev.StepMetrics)] == [1, 2, 3]  # the failed step was repeated
     assert all(torch.isfinite(torch.tensor(x)) for x in losses)
-    assert all(m._compiled_call_impl is None for m in tr.method.children())
+    assert tr.compiled.modules and all(m._compiled_call_impl is None for m in tr.compiled.modules)
     assert fin.knn_top1 is not None  # the final evaluation ran eagerly
 
 
@@ -104,3 +104,62 @@ def test_compile_mode_is_validated_and_shown_only_with_compile():
     schema = cfg.model_json_schema()
     train = schema["$defs"]["TrainConfig"]["properties"]["compile_mode"]
     assert train["applies_when"] == {"train.compile": ["true"]}
+
+
+class _Recorder:
+    """A dynamo backend that runs each graph eagerly and records the operators it holds."""
+
+    def __init__(self):
+        self.graphs: list[list[str]] = []
+
+    def __call__(self, gm, example_inputs):
+        self.graphs.append([getattr(n.target, "__name__", str(n.target)) for n in gm.graph.nodes
+                            if n.op == "call_function"])
+        return gm.forward
+
+
+def test_mae_compiles_its_encoder_and_decoder_blocks(tmp_path, monkeypatch):
+    # MAE never calls its ViT backbone: it embeds, drops the masked patches and runs the blocks
+    # itself. Compiling the method's children alone compiled three one-node decoder linears.
+    from test_mae import MICRO, ONE_CROP, SMALL_DEC
+
+    rec = _Recorder()
+    tr, fin, seen = _run(tmp_path, monkeypatch, rec, method="mae", params=dict(SMALL_DEC, decoder_depth=2),
+                         **MICRO, **ONE_CROP)
+    assert fin.status == "completed" and tr.compiled.active
+    units = {id(m) for m in tr.compiled.modules}
+    m = tr.method
+    assert all(id(b) in units for b in list(m.backbone.blocks) + list(m.decoder_blocks))
+    attention_graphs = [g for g in rec.graphs if "scaled_dot_product_attention" in g]
+    assert attention_graphs, rec.graphs  # the blocks ran compiled
+    # identical blocks share their graphs: compiling costs one graph per kind of block and mode,
+    # not one per block (encoder + decoder, training + evaluation, at most a few shapes)
+    assert len(attention_graphs) <= 8, len(attention_graphs)
+    # the attention probe watches the last block through a hook, which a compiled block skips:
+    # it runs that forward eagerly and still shows one map per head
+    probes = [e for e in seen if isinstance(e, ev.VisualProbe) and e.probe == "attention"]
+    assert probes and probes[-1].images, probes
+
+
+def test_a_called_backbone_compiles_whole_and_parameter_free_modules_stay_eager():
+    from engine.compiling import compile_units
+    from engine.methods import create_method
+
+    cfg = validate_config(with_(_tiny(), method="dino", params={"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16},
+                                **{"model.arch": "vit_mim_micro", "model.patch_size": 4,
+                                   "aug.local_crops.count": 2, "aug.local_crops.size": 16}))
+    m = create_method(cfg, 32)
+    units = compile_units(m)
+    assert m.backbone in units and m.teacher_backbone in units and m.head in units
+    assert m.center not in units  # no parameters: a Python temperature would recompile it each epoch
+    assert all(next(u.parameters(), None) is not None for u in units)
+    simclr = create_method(validate_config(_tiny()), 32)
+    assert simclr.criterion not in compile_units(simclr)  # the loss (where a Triton bug hit SimCLR)
+    assert simclr.backbone in compile_units(simclr) and simclr.projector in compile_units(simclr)
+    rec = _Recorder()
+    for u in units:
+        u.compile(backend=rec)
+    x = torch.randn(2, 3, 32, 32)
+    m.backbone(x)
+    # the called backbone is one graph with its blocks inlined, not one graph per block
+    assert len(rec.graphs) == 1 and rec.graphs[0].count("scaled_dot_product_attention") == len(m.backbone.blocks)

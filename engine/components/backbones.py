@@ -34,6 +34,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..compiling import eager
 from ..config import ModelConfig
 from ..errors import ConfigError
 
@@ -210,7 +211,8 @@ class ViTBackboneMixin:
 
         handle = attn.register_forward_pre_hook(_grab)
         try:
-            self.forward_features(x)  # type: ignore[attr-defined]
+            with eager(self):  # compiled blocks (train.compile) would not call the hook
+                self.forward_features(x)  # type: ignore[attr-defined]
         finally:
             handle.remove()
         h = captured[-1]  # h: [B, N, D], N = P + L
