@@ -163,3 +163,40 @@ def test_a_called_backbone_compiles_whole_and_parameter_free_modules_stay_eager(
     m.backbone(x)
     # the called backbone is one graph with its blocks inlined, not one graph per block
     assert len(rec.graphs) == 1 and rec.graphs[0].count("scaled_dot_product_attention") == len(m.backbone.blocks)
+
+
+# one small preset per method (the ImageNet presets differ in sizes only)
+PRESETS = ["simclr_cifar", "moco_v1_cifar", "moco_v2_cifar", "moco_v3_cifar", "byol_cifar", "simsiam_cifar",
+           "barlow_twins_cifar", "swav_cifar", "dino_cifar", "dino_cifar_resnet18", "mae_small", "simmim_small",
+           "beit_small", "multimae_small"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_method_runs_its_backbone_compiled(preset, tmp_path, monkeypatch):
+    """A compiled run of each method traces its convolutions / attention (the compute), with no
+    fall-back to eager, and finishes. Catches a method that calls its network in a way
+    ``train.compile`` does not reach (as MAE did before transformer blocks were units)."""
+    from engine.presets import load_preset
+
+    torch._dynamo.reset()  # compiled code is cached per code object: start clean
+    raw = load_preset(preset)
+    vit = not raw["model"]["arch"].startswith("resnet")
+    d = {"data.source": "shapes", "data.shapes_size": 32, "data.shapes_train": 64, "data.shapes_test": 32,
+         "train.steps": 2, "train.batch_size": 8, "train.device": "cpu", "train.log_every": 1,
+         "train.compile": True, "train.probe_every_s": 1000, "eval.max_bank": 64, "eval.max_queries": 32,
+         "aug.global_crops.size": 32}
+    if vit:
+        d.update({"model.arch": "vit_mim_micro", "model.patch_size": 4, "model.num_heads": None})
+    if raw["aug"].get("local_crops", {}).get("count", 0):
+        d["aug.local_crops.size"] = 16
+    rec = _Recorder()
+    monkeypatch.setattr(compiling, "BACKEND", rec)
+    monkeypatch.setattr(trainer_mod, "_compile_applies", lambda cuda: True)
+    seen = []
+    tr = Trainer(validate_config(with_(raw, **d)), tmp_path / "r", listeners=(seen.append,))
+    fin = tr.run()
+    assert fin.status == "completed", fin
+    assert tr.compiled.active
+    assert not [e.message for e in seen if isinstance(e, ev.RunWarning) and "compile" in e.message]
+    heavy = "scaled_dot_product_attention" if vit else "conv2d"
+    assert any(heavy in g for g in rec.graphs), rec.graphs
