@@ -145,16 +145,48 @@ class Compiled:
         return (f"torch.compile failed ({self.failure}); the run goes on eagerly (train.compile is "
                 "ignored from here; the step was repeated uncompiled)")
 
+    def culprit(self, e: BaseException) -> nn.Module | None:
+        """The compiled module whose compilation raised ``e``: the innermost frame of ``e``'s
+        traceback that is a compiled unit's ``__call__`` (None when the compiler failed outside
+        any, e.g. building a backward graph lazily during ``loss.backward()``)."""
+        units = {id(m): m for m in self.modules if m._compiled_call_impl is not None}
+        found = None
+        tb = e.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if frame.f_code.co_name == "_wrapped_call_impl":  # nn.Module.__call__
+                found = units.get(id(frame.f_locals.get("self")), found)
+            tb = tb.tb_next
+        return found
+
+    def to_eager_partly(self, reason: BaseException, culprit: nn.Module) -> str:
+        """The culprit's kind of module (every compiled unit of its class: the same code fails
+        the same way) back to eager; the other units stay compiled."""
+        kind = type(culprit)
+        off = [m for m in self.modules if type(m) is kind and m._compiled_call_impl is not None]
+        for m in off:
+            m._compiled_call_impl = None
+        still = sum(m._compiled_call_impl is not None for m in self.modules)
+        self.active = still > 0
+        why = f"{type(reason).__name__}: {_summary(reason)}"
+        self.failure = why if self.failure is None else f"{self.failure}; {why}"
+        return (f"torch.compile failed in {kind.__name__} ({why}); {len(off)} such module(s) run eagerly "
+                f"from here, {still} other(s) stay compiled (the step was repeated)")
+
     def guard(self, fn: Callable[[], T], on_fallback: Callable[[str], None]) -> T:
-        """``fn()``; if it fails inside the compiler while compiled, back to eager and ``fn()`` again."""
-        if not self.active:
-            return fn()
-        if self.mode in ("reduce-overhead", "max-autotune"):  # CUDA graphs: a new step; earlier outputs may be reused
-            torch.compiler.cudagraph_mark_step_begin()
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - only compiler errors are handled; the rest re-raised
-            if not is_compiler_error(e):
-                raise
-            on_fallback(self.to_eager(e))
-            return fn()
+        """``fn()``; if it fails inside the compiler while compiled, the failing module's kind (or,
+        when the failing module is unknown, every module) goes back to eager and ``fn()`` runs
+        again: a compiler bug in a head or a loss does not cost the backbone its compilation."""
+        for _ in range(len(self.modules) + 1):  # each fall-back switches at least one module off
+            if not self.active:
+                return fn()
+            if self.mode in ("reduce-overhead", "max-autotune"):  # CUDA graphs: a new step; earlier outputs may be reused
+                torch.compiler.cudagraph_mark_step_begin()
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - only compiler errors are handled; the rest re-raised
+                if not is_compiler_error(e):
+                    raise
+                culprit = self.culprit(e)
+                on_fallback(self.to_eager(e) if culprit is None else self.to_eager_partly(e, culprit))
+        return fn()
