@@ -6,9 +6,12 @@ in the middle of a training step, an evaluation or a probe. A compiler bug must 
 run: measured on an H200 (torch 2.11.0+cu130, its Triton), inductor failed to build the
 cross-entropy kernel of SimCLR's loss ("operand #1 does not dominate this use"). The trainer
 wraps those calls in :meth:`Compiled.guard`: on an error raised by dynamo / inductor / Triton
-it switches every module back to eager (``nn.Module.compile``'s ``_compiled_call_impl``
-cleared), reports why once, and repeats the call eagerly. Errors of the model itself
-(shapes, out of memory) are not compiler errors and pass through untouched.
+it finds the compiled module being called when the compiler failed (the innermost
+``nn.Module.__call__`` of a compiled unit in the traceback), switches every unit of that class
+back to eager (``nn.Module.compile``'s ``_compiled_call_impl`` cleared), reports why, and
+repeats the call; the other units stay compiled. A failure outside any module call (a backward
+graph is built lazily inside ``loss.backward()``) sends every unit back to eager. Errors of the
+model itself (shapes, out of memory) are not compiler errors and pass through untouched.
 
 What is compiled (:func:`compile_units`): ``nn.Module.compile`` replaces a module's
 ``__call__``, so it only acts where that module is *called*. The masked-image methods do not
