@@ -548,7 +548,7 @@ def run_ours(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
     opt = spec.optim["optimizer"]
     return {"images_per_s": ips, "timed_steps": s1 - s0, "wall_s": round(wall, 2), "peak_mem_gb": _peak_gb(args),
             "log_every": args.log_every, "optimizer": opt + (" (fused)" if args.cuda and opt != "lars" else ""),
-            **({"compile_fallback": fallback[0]} if fallback else {})}
+            **({"compile_fallback": " | ".join(dict.fromkeys(fallback))} if fallback else {})}
 
 
 # ======================================================================= model_only
@@ -594,7 +594,7 @@ def run_model_only(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
 
     _reset_peak(args)
     ips = _time(step, _timing(args, batch=sz["batch"]), cuda)
-    res = {"images_per_s": ips, "peak_mem_gb": _peak_gb(args), **({"compile_fallback": fallback[0]} if fallback else {})}
+    res = {"images_per_s": ips, "peak_mem_gb": _peak_gb(args), **({"compile_fallback": " | ".join(dict.fromkeys(fallback))} if fallback else {})}
     res.update(_flops_of(step, sz["batch"], args))
     return res
 

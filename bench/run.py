@@ -96,7 +96,7 @@ def bench_ours(args, data: DataSplits) -> dict:
     timed = [r for s, r in rates if s > args.warmup]
     ips = step_weighted_rate(rates, after_step=args.warmup)  # total images / total time
     return {"images_per_s": ips if ips is not None else float("nan"), "windows": len(timed), "wall_s": wall,
-            **({"compile_fallback": fallback[0]} if fallback else {})}
+            **({"compile_fallback": " | ".join(dict.fromkeys(fallback))} if fallback else {})}
 
 
 def bench_model_only(args, data: DataSplits) -> dict:
@@ -134,7 +134,7 @@ def bench_model_only(args, data: DataSplits) -> dict:
         compiled.guard(forward_backward, fallback.append)
         opt.step()
 
-    return {"images_per_s": _time(step, args, cuda), **({"compile_fallback": fallback[0]} if fallback else {})}
+    return {"images_per_s": _time(step, args, cuda), **({"compile_fallback": " | ".join(dict.fromkeys(fallback))} if fallback else {})}
 
 
 def _time(step, args, cuda: bool) -> float:
