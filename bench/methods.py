@@ -538,7 +538,8 @@ def run_ours(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
     _reset_peak(args)
     with tempfile.TemporaryDirectory(prefix="bench-methods-") as tmp:
         t0 = time.perf_counter()
-        _BenchTrainer(cfg, Path(tmp) / "run", listeners=(listen,), data=data).run()
+        tr = _BenchTrainer(cfg, Path(tmp) / "run", listeners=(listen,), data=data)
+        tr.run()
         wall = time.perf_counter() - t0
     timed = [(s, t) for s, t in marks if s >= args.warmup]
     if len(timed) < 2:
@@ -548,7 +549,8 @@ def run_ours(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
     opt = spec.optim["optimizer"]
     return {"images_per_s": ips, "timed_steps": s1 - s0, "wall_s": round(wall, 2), "peak_mem_gb": _peak_gb(args),
             "log_every": args.log_every, "optimizer": opt + (" (fused)" if args.cuda and opt != "lars" else ""),
-            **({"compile_fallback": " | ".join(dict.fromkeys(fallback))} if fallback else {})}
+            **({"compile_fallback": " | ".join(dict.fromkeys(fallback))} if fallback else {}),
+            **({"compiled_units": unit_counts(tr.compiled)} if tr.compiled.modules else {})}
 
 
 # ======================================================================= model_only
@@ -594,9 +596,21 @@ def run_model_only(spec: Spec, args, data: DataSplits, sz: dict) -> dict:
 
     _reset_peak(args)
     ips = _time(step, _timing(args, batch=sz["batch"]), cuda)
-    res = {"images_per_s": ips, "peak_mem_gb": _peak_gb(args), **({"compile_fallback": " | ".join(dict.fromkeys(fallback))} if fallback else {})}
+    res = {"images_per_s": ips, "peak_mem_gb": _peak_gb(args), **({"compile_fallback": " | ".join(dict.fromkeys(fallback))} if fallback else {}),
+           **({"compiled_units": unit_counts(compiled)} if compiled.modules else {})}
     res.update(_flops_of(step, sz["batch"], args))
     return res
+
+
+def unit_counts(compiled: Compiled) -> dict[str, dict[str, int]]:
+    """What train.compile compiled, by class: {class: {"units": n, "still_compiled": k}} (k < n
+    where the compiler failed for that class and it fell back to eager)."""
+    out: dict[str, dict[str, int]] = {}
+    for m in compiled.modules:
+        row = out.setdefault(type(m).__name__, {"units": 0, "still_compiled": 0})
+        row["units"] += 1
+        row["still_compiled"] += m._compiled_call_impl is not None
+    return out
 
 
 def _flops_of(step, batch: int, args) -> dict:

@@ -165,3 +165,18 @@ def test_profile_step_splits_a_real_trainer_step_into_phases(tmp_path):
     assert all(v["cpu"] > 0 for v in res["phases_ms_per_step"].values())
     names = [r["name"] for r in res["top_by_cpu_self"]]
     assert names and not set(names) & set(PHASES)
+
+
+def test_compiled_units_are_reported_with_what_fell_back(bm):
+    import torch
+    from torch import nn
+
+    from engine.compiling import Compiled
+
+    a, b, c = nn.Linear(2, 2), nn.Linear(2, 2), nn.LayerNorm(2)
+    comp = Compiled([a, b, c], "default")
+    comp.compile()
+    b._compiled_call_impl = None  # as after a fall-back of that one module
+    assert bm.unit_counts(comp) == {"Linear": {"units": 2, "still_compiled": 1},
+                                    "LayerNorm": {"units": 1, "still_compiled": 1}}
+    torch._dynamo.reset()
