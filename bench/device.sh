@@ -3,7 +3,7 @@
 # Run from the repo root on the GPU machine with .whl (pydantic, lightly wheels), .data
 # (cifar10.tar.gz) and, for the studio part, .qt carried. Results land in $OUT (or bench/results).
 #   bash bench/device.sh PART [PART ...]      parts run in the order given, under one deadline:
-#     simclr    CLI smoke on CUDA + SimCLR bench, eager, lightly in the same run (issue 2 pt 12), ~2 min
+#     simclr    CLI smoke on CUDA (SMOKE=0: none) + SimCLR bench, eager, lightly in the same run (issue 2 pt 12), ~2 min
 #     compiled  the same SimCLR bench with torch.compile (ours and the bare model), ~3 min
 #     methods   per-method benches vs lightly (issues 4 pt 7, 5 pt 8), ~5 min
 #     vit-compiled  DINO, MAE, SimMIM benches with torch.compile (default mode, then reduce-overhead:
@@ -41,10 +41,13 @@ for PART in "${PARTS[@]}"; do
 case $PART in
 simclr)
   # CUDA smoke: the CLI end to end on the GPU (bf16, channels_last, fused optimiser), export, eval
+  # (SMOKE=0 skips it: about 110 s of a 15-minute device budget)
+  if [ "${SMOKE:-1}" = 1 ]; then
   step 70 python3 -m engine.cli.train --method simclr --data shapes --steps 60 --batch-size 256 --device cuda \
     --out /tmp/smoke --overwrite --quiet --set train.log_every=20 2>&1 | tail -4
   step 40 python3 -m engine.cli.evaluate knn --run /tmp/smoke --device cuda
   cp /tmp/smoke/metrics.jsonl "$OUT/smoke-metrics.jsonl" 2>/dev/null
+  fi
   # SimCLR on CIFAR-10, eager, lightly 1.6.0 (CPU transforms, 16 workers) in the same run
   step 190 python3 bench/run.py --out "$OUT" --data /tmp/data/cifar10 --cache-dir /tmp/cache --steps 150 --warmup 30 ;;
 compiled)
