@@ -588,10 +588,10 @@ def clip_gradients(model: torch.nn.Module, o: OptimConfig) -> torch.Tensor:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    norms = torch._foreach_norm(grads)
-    factors = [torch.clamp(o.clip_grad / (n + 1e-6), max=1.0) for n in norms]
-    torch._foreach_mul_(grads, factors)
-    return torch.linalg.vector_norm(torch.stack(norms))
+    norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])  # [P]; one multi-tensor kernel on CUDA
+    factors = torch.clamp(o.clip_grad / (norms + 1e-6), max=1.0)  # [P]: a few kernels, not one per parameter
+    torch._foreach_mul_(grads, list(factors.unbind(0)))
+    return torch.linalg.vector_norm(norms)
 
 
 def _compile_applies(cuda: bool) -> bool:
