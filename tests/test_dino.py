@@ -155,6 +155,27 @@ def test_loss_matches_formula() -> None:
     h = (-(torch.cat(q) * torch.cat(q).log()).sum(1)).mean()
     torch.testing.assert_close(entropy(torch.cat(q)), h)
     torch.testing.assert_close(dino_loss(s, q, 0.1), h + kl)
+    # the stacked form the method passes ([V, B, K], [G, B, K]) is the same loss, gradients included
+    s1 = [x.clone().requires_grad_() for x in s]
+    s2 = torch.stack(s).requires_grad_()
+    dino_loss(s1, q, 0.1).backward()
+    dino_loss(s2, torch.stack(q), 0.1).backward()
+    torch.testing.assert_close(torch.stack([x.grad for x in s1]), s2.grad)
+    st = torch.stack(s).requires_grad_()
+    ref = sum((-(q[i] * F.log_softmax(st[v] / 0.1, 1)).sum(1)).mean() for i in range(G) for v in range(V) if v != i) / n
+    ref.backward()
+    torch.testing.assert_close(s2.grad, st.grad)
+
+
+def test_loss_at_dino_scale_matches_the_pairwise_sum() -> None:
+    # 65536 outputs, 2 + 6 crops: the all-pairs-at-once sums keep float32 precision
+    g = torch.Generator().manual_seed(1)
+    V, G, B, K = 8, 2, 16, 65536
+    s = torch.randn(V, B, K, generator=g) * 3
+    q = torch.softmax(torch.randn(G, B, K, generator=g) / 0.04, dim=-1)
+    log_p = F.log_softmax(s.double() / 0.1, dim=-1)
+    ref = sum((-(q[i].double() * log_p[v]).sum(1)).mean() for i in range(G) for v in range(V) if v != i) / (G * (V - 1))
+    assert dino_loss(s, q, 0.1).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
 def test_teacher_gets_no_gradient_and_follows_the_student_by_ema() -> None:

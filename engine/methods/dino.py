@@ -119,9 +119,9 @@ class DINO(Method):
         return teacher_temp_at(step // max(1, self.steps_per_epoch), p.warmup_teacher_temp, p.teacher_temp,
                                p.warmup_teacher_temp_epochs)
 
-    def _student(self, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _student(self, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Student on all views: one backbone call per run of same-size views, one head call.
-        -> z (L2-normalised bottleneck) and logits, one [B, .] tensor per view."""
+        -> z (L2-normalised bottleneck), one [B, .] tensor per view, and logits [V, B, K]."""
         feats, start = [], 0
         while start < len(views):
             end = start
@@ -131,17 +131,17 @@ class DINO(Method):
             start = end
         z = self.head.bottleneck(torch.cat(feats))  # z: [V*B, bottleneck]
         logits = self.head.last_layer(z)  # [V*B, K]
-        return list(z.chunk(len(views))), list(logits.chunk(len(views)))
+        return list(z.chunk(len(views))), logits.view(len(views), -1, logits.shape[-1])  # [V, B, K]
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         self._step = step  # read by the last layer's gradient hook during backward
         G = batch.n_global
-        z, s_logits = self._student(batch.views)  # V x [B, bottleneck], V x [B, K]
+        z, s_logits = self._student(batch.views)  # V x [B, bottleneck], [V, B, K]
         with torch.no_grad():
             t_logits = self.teacher_head(self.teacher_backbone(torch.cat(batch.views[:G])))  # [G*B, K]
             t_probs = self.center(t_logits, self.teacher_temp(step))  # centred + sharpened, [G*B, K]
             self.center.update(t_logits, self.p.center_momentum)  # after use, as the official code
-        loss = dino_loss(s_logits, list(t_probs.chunk(G)), self.p.student_temp)
+        loss = dino_loss(s_logits, t_probs.view(G, -1, t_probs.shape[-1]), self.p.student_temp)
         h_t = entropy(t_probs)  # mean teacher entropy (every teacher view is in V - 1 pairs)
         scalars = {
             "teacher_entropy": h_t,
