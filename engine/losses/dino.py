@@ -33,7 +33,7 @@ def dino_loss(student_logits: Sequence[torch.Tensor] | torch.Tensor,
     All pairs at once, not one kernel chain per pair: with ``Q = sum_i P_t^i`` the sum over
     pairs is ``sum_v <Q, log P_s^v> - sum_{i < G} <P_t^i, log P_s^i>`` (every teacher view
     against every student view, minus the same-view pairs), a few kernels whatever V and G
-    (DINO's 2 + 10 crops: 20 pairs)."""
+    (the paper's 2 + 8 crops: 18 pairs)."""
     s = student_logits if torch.is_tensor(student_logits) else torch.stack(list(student_logits))  # [V, B, K]
     q = teacher_probs if torch.is_tensor(teacher_probs) else torch.stack(list(teacher_probs))  # [G, B, K]
     V, G, B = s.shape[0], q.shape[0], s.shape[1]
