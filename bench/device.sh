@@ -8,6 +8,7 @@
 #     methods   per-method benches vs lightly (issues 4 pt 7, 5 pt 8), ~5 min
 #     vit-compiled  DINO, MAE, SimMIM benches with torch.compile (default mode, then reduce-overhead:
 #               CUDA graphs) against eager lightly (issues 4 pt 7, 5 pt 8: eager ours was 1.0x / 0.9x), ~6 min
+#     vit-nchw  DINO, MAE, SimMIM eager with ours in NCHW (no channels_last), lightly in the same run, ~4 min
 #     profile   where a DINO / MAE / SimMIM step's time goes (kernels per step, GPU busy vs wall, top ops by
 #               phase: augmentation, forward, optimiser, after-step), eager then compiled, ~3 min
 #     studio    MIM CUDA smoke, then throughput with the studio attached vs headless (issue 3 pt 10), ~3 min;
@@ -62,6 +63,11 @@ vit-compiled)
     T=$(cap 330); [ "$T" != 0 ] && step "$T" python3 bench/methods.py --out "$OUT" --compile --compile-mode $MODE \
       --only mae_vitb16 simmim_vitb16 dino_vits16 --warmup 25 --steps 40 --bench-timeout 150 --budget-s $((T - 10))
   done ;;
+vit-nchw)
+  # the ViT benches eager with ours in NCHW (as lightly's ViT examples), lightly in the same run:
+  # does channels_last cost the ViTs (SimMIM 0.91x, MAE 1.01x with it)? ~4 min
+  T=$(cap 300); [ "$T" != 0 ] && step "$T" python3 bench/methods.py --out "$OUT" --no-channels-last \
+    --only simmim_vitb16 mae_vitb16 dino_vits16 --bench-timeout 120 --budget-s $((T - 10)) ;;
 profile)
   step 150 python3 bench/profile_step.py --out "$OUT"
   step 300 python3 bench/profile_step.py --compile --out "$OUT/compiled" ;;
@@ -95,7 +101,7 @@ accuracy-recipes)
     step 300 python3 bench/cifar_accuracy.py --data /tmp/data/cifar10 --cache-dir /tmp/cache --epochs "${EPOCHS:-10}" \
       --recipe $R $([ $R = lightly ] && echo --no-baseline) --time-limit 60 --out "$OUT"
   done ;;
-*) echo "unknown part: $PART (simclr, compiled, methods, vit-compiled, profile, studio, accuracy, accuracy-recipes)"; exit 2 ;;
+*) echo "unknown part: $PART (simclr, compiled, methods, vit-compiled, vit-nchw, profile, studio, accuracy, accuracy-recipes)"; exit 2 ;;
 esac
 done
 if [ "${PACK:-0}" = 1 ]; then tar -czf "$FINAL_OUT/results.tgz" -C "$OUT" . && ls -la "$OUT"; fi

@@ -479,6 +479,7 @@ def our_config(spec: Spec, args, sz: dict, total_steps: int) -> dict:
         "train": {"steps": total_steps, "batch_size": sz["batch"], "device": "cuda" if args.cuda else "cpu",
                   "log_every": args.log_every, "eval_every": 10**9, "ckpt_every": 10**9,
                   "probe_every_s": 1e12, "compile": bool(args.compile), "precision": args.precision,
+                  "channels_last": not args.no_channels_last,
                   "compile_mode": args.compile_mode},
     }
 
@@ -1119,7 +1120,8 @@ def run_bench(name: str, args, parts: list[str] | None = None, timeout: float | 
         "model": sz["model"],
         "params": sz["params"],
         "precision": "bf16" if _autocast_dtype(args) is not None else "fp32",
-        "channels_last": {"ours": bool(args.cuda), "lightly": bool(args.cuda and spec.kind == "resnet")},
+        "channels_last": {"ours": bool(args.cuda and not args.no_channels_last),
+                          "lightly": bool(args.cuda and spec.kind == "resnet")},
         "compile": bool(args.compile),
         "compile_mode": args.compile_mode if args.compile else None,
         "steps": args.steps,
@@ -1191,10 +1193,12 @@ def run_bench(name: str, args, parts: list[str] | None = None, timeout: float | 
 
 
 def _compiled_tag(args) -> str:
-    """'' eager; '-compiled', or '-compiled-<mode>' for a mode other than the default."""
+    """'' eager; '-compiled', or '-compiled-<mode>' for a mode other than the default; '-nchw'
+    appended with --no-channels-last."""
+    nchw = "-nchw" if getattr(args, "no_channels_last", False) else ""
     if not args.compile:
-        return ""
-    return "-compiled" + ("" if args.compile_mode == "default" else f"-{args.compile_mode}")
+        return nchw
+    return "-compiled" + ("" if args.compile_mode == "default" else f"-{args.compile_mode}") + nchw
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1218,6 +1222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile ours (not the anchor)")
     p.add_argument("--compile-mode", default="default", choices=MODES, help="torch.compile mode (with --compile)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="ours in NCHW (train.channels_last false), as lightly's ViT examples: for a ViT only "
+                        "the patch embedding (and SimMIM's 1x1-conv decoder) see the layout")
     p.add_argument("--small", action="store_true", help="tiny sizes (also implied without CUDA)")
     p.add_argument("--small-batch", type=int, default=4)
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP counting step")

@@ -180,3 +180,13 @@ def test_compiled_units_are_reported_with_what_fell_back(bm):
     assert bm.unit_counts(comp) == {"Linear": {"units": 2, "still_compiled": 1},
                                     "LayerNorm": {"units": 1, "still_compiled": 1}}
     torch._dynamo.reset()
+
+
+def test_no_channels_last_reaches_our_config_and_names_its_own_files(bm, tmp_path):
+    args = _args(bm, tmp_path, "--no-channels-last")
+    spec = bm.SPECS["simmim_vitb16"]
+    sz = bm.sizes(spec, args)
+    assert bm.our_config(spec, args, sz, 3)["train"]["channels_last"] is False
+    assert bm.our_config(spec, _args(bm, tmp_path), sz, 3)["train"]["channels_last"] is True
+    assert bm.result_path(args, "simmim_vitb16").name == "simmim_vitb16-cpu-nchw.json"
+    assert bm.result_path(_args(bm, tmp_path), "simmim_vitb16").name == "simmim_vitb16-cpu.json"
