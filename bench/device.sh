@@ -104,5 +104,5 @@ accuracy-recipes)
 *) echo "unknown part: $PART (simclr, compiled, methods, vit-compiled, vit-nchw, profile, studio, accuracy, accuracy-recipes)"; exit 2 ;;
 esac
 done
-if [ "${PACK:-0}" = 1 ]; then tar -czf "$FINAL_OUT/results.tgz" -C "$OUT" . && ls -la "$OUT"; fi
+if [ "${PACK:-0}" = 1 ]; then mkdir -p "$FINAL_OUT" && tar -czf "$FINAL_OUT/results.tgz" -C "$OUT" . && ls -la "$OUT"; fi
 echo "device.sh done at $SECONDS s"
