@@ -532,6 +532,13 @@ def _check_layout(lay: _Layout, source: Path, where: str, exts: str) -> None:
         )
 
 
+
+def _take_rows(src: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """src[r] ([len(r), 3, S, S]); consecutive rows are a view, not a copy."""
+    if len(r) and np.array_equal(r, np.arange(r[0], r[0] + len(r))):
+        return src[r[0] : r[0] + len(r)]
+    return src[r]
+
 def load_folder(cfg: DataConfig, should_stop: Callable[[], bool] | None = None) -> DataSplits:
     """Load a folder or tar archive of images (see the module docstring); ``should_stop`` is
     asked between decoded chunks (``Cancelled`` when it answers True; no cache is written).
@@ -705,14 +712,8 @@ def load_folder(cfg: DataConfig, should_stop: Callable[[], bool] | None = None) 
             if cfg.test_fraction > 0:
                 info["warnings"].append("too few images to hold out a test split; evaluation is off")
 
-    def take(sel: np.ndarray) -> np.ndarray:  # [len(sel), 3, S, S]
-        r = rows[sel]
-        if len(r) and np.array_equal(r, np.arange(r[0], r[0] + len(r))):
-            return decoded[r[0] : r[0] + len(r)]  # consecutive rows: a view, no copy
-        return decoded[r]
-
-    train_imgs = take(train_sel)
-    test_imgs = take(test_sel) if len(test_sel) else None
+    train_imgs = _take_rows(decoded, rows[train_sel])
+    test_imgs = _take_rows(decoded, rows[test_sel]) if len(test_sel) else None
     maps = decode_modalities([lay.files[j].parts for j in keep], mods, size, should_stop) if mods else {}
     train_extras = {m: a[train_sel] for m, a in maps.items()}
     test_extras = {m: a[test_sel] for m, a in maps.items()} if test_imgs is not None else {}

@@ -33,6 +33,11 @@ from engine import events as ev
 
 from engine.probes import PROBES_DIR, probe_filename, save_probe  # the writer lives in the engine
 
+__all__ = [  # probe_filename and save_probe: the engine's writer, re-exported beside the readers
+    "PROBES_DIR", "events_from_metrics", "list_probe_files", "load_probes", "parse_probe_filename", "probe_filename",
+    "read_probe_file", "replay_events", "row_to_event", "save_probe",
+]
+
 _PROBE_RE = re.compile(r"^probe-(?P<name>.+)-(?P<step>\d+)\.npz$")
 
 
