@@ -5,7 +5,6 @@ import tarfile
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from engine.cli import evaluate, train

@@ -78,12 +78,7 @@ def test_lightly_anchor(bm, tmp_path, name):
 
 def test_ratio_and_flops(bm, tmp_path):
     """MAE with FLOP counting: FLOPs per image for ours (and lightly), ratio and target fields."""
-    try:
-        import lightly  # noqa: F401
-
-        has_lightly = True
-    except ImportError:
-        has_lightly = False
+    has_lightly = importlib.util.find_spec("lightly") is not None
     parts = ["model_only", "lightly"] if has_lightly else ["model_only"]
     args = _args(bm, tmp_path)
     args.no_flops = False
