@@ -90,6 +90,7 @@ import argparse
 import contextlib
 import copy
 import gc
+import importlib
 import json
 import math
 import os
@@ -626,8 +627,8 @@ def _flops_of(step, batch: int, args) -> dict:
 # ========================================================================== lightly
 def _lightly_missing() -> str | None:
     try:
-        import lightly  # noqa: F401
-        from lightly.models import utils  # noqa: F401
+        importlib.import_module("lightly")
+        importlib.import_module("lightly.models.utils")
     except ImportError as e:
         return f"lightly not installed ({e}); pip install -e '.[bench]'"
     except Exception as e:  # noqa: BLE001 - e.g. an incompatible dependency: still a recorded skip
@@ -710,11 +711,13 @@ def _sgd(model: nn.Module):
 def lightly_anchor(spec: Spec, args, sz: dict, total: int, dev: torch.device) -> Anchor:
     from lightly.models.modules import heads as H
     from lightly.models.utils import deactivate_requires_grad
+    import timm
+    from lightly.models import utils
+    from lightly.models.modules import MaskedVisionTransformerTIMM
 
     name, p, bs = spec.name, sz["params"], sz["batch"]
     g = sz["global"]
     if name == "dino_vits16":
-        import timm
         from lightly.loss import DINOLoss
         from lightly.models.utils import update_momentum
         from lightly.utils.scheduler import cosine_schedule
@@ -761,9 +764,6 @@ def lightly_anchor(spec: Spec, args, sz: dict, total: int, dev: torch.device) ->
         return Anchor(model, loss, opt, pre=pre, post=post)
 
     if name == "mae_vitb16":
-        import timm
-        from lightly.models import utils
-        from lightly.models.modules import MaskedVisionTransformerTIMM
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MAEDecoderTIMM is deprecated in 1.6.0 (same layers as its successor)
@@ -820,9 +820,6 @@ def lightly_anchor(spec: Spec, args, sz: dict, total: int, dev: torch.device) ->
         return Anchor(model, loss, opt)
 
     if name == "simmim_vitb16":
-        import timm
-        from lightly.models import utils
-        from lightly.models.modules import MaskedVisionTransformerTIMM
 
         timm_name = "vit_tiny_patch16_224" if args.small else "vit_base_patch16_224"
 

@@ -19,6 +19,7 @@ engine run's listener).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -106,7 +107,7 @@ def real_run_feeder(preset: str = "quick_cpu", run_dir: str | None = None, threa
     from engine.config import validate_config
     from engine.presets import load_preset
     from engine.trainer import Trainer
-    import engine.components  # noqa: F401  (timm, torchvision: the studio has them loaded for its diagrams)
+    importlib.import_module("engine.components")  # timm, torchvision: the studio has them loaded for its diagrams
 
     def feed(q: "queue.Queue[ev.Event]", stop: threading.Event) -> None:
         from studio.worker import lower_thread_priority

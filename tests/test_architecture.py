@@ -44,7 +44,7 @@ def test_engine_never_imports_studio_and_studio_may_import_engine():
 
 
 def test_no_undefined_or_unused_names():
-    """pyflakes over the product and its tests: an undefined name is a crash waiting for its
+    """pyflakes over the product, its benchmarks and its tests: an undefined name is a crash waiting for its
     branch; an unused import or variable is usually a check that was meant and not made."""
     import io
 
@@ -52,5 +52,5 @@ def test_no_undefined_or_unused_names():
     from pyflakes.reporter import Reporter
 
     out, err = io.StringIO(), io.StringIO()
-    n = checkRecursive([str(ROOT / d) for d in ("engine", "studio", "tests")], Reporter(out, err))
+    n = checkRecursive([str(ROOT / d) for d in ("engine", "studio", "bench", "tests")], Reporter(out, err))
     assert n == 0, out.getvalue() + err.getvalue()
