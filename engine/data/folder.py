@@ -532,12 +532,12 @@ def _check_layout(lay: _Layout, source: Path, where: str, exts: str) -> None:
         )
 
 
-
 def _take_rows(src: np.ndarray, r: np.ndarray) -> np.ndarray:
     """src[r] ([len(r), 3, S, S]); consecutive rows are a view, not a copy."""
     if len(r) and np.array_equal(r, np.arange(r[0], r[0] + len(r))):
         return src[r[0] : r[0] + len(r)]
     return src[r]
+
 
 def load_folder(cfg: DataConfig, should_stop: Callable[[], bool] | None = None) -> DataSplits:
     """Load a folder or tar archive of images (see the module docstring); ``should_stop`` is
